@@ -1,0 +1,138 @@
+"""The one protocol every member implements, whatever engine runs it.
+
+Four primitives (see docs/BACKENDS.md): the member's own tokenizer, the top-k next tokens after a context,
+greedy continuation, and the log-likelihood of continuations after a context. Every call takes the *whole*
+context as token ids; a member keeps a prefix cache so that a context that only grew costs only its new tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The k most likely next tokens, most likely first, with natural-log probabilities (temperature 1)."""
+
+    ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+
+    @property
+    def margin(self) -> float:
+        """p(1) - p(2): how far the favourite is ahead; 1.0 when only one token has any mass."""
+        if len(self.logprobs) < 2:
+            return 1.0
+        return math.exp(self.logprobs[0]) - math.exp(self.logprobs[1])
+
+
+@dataclass
+class MemberStats:
+    """Cost counters, cumulative over the member's life; the decoder reports per-request differences."""
+
+    forward_calls: int = 0
+    tokens_evaluated: int = 0
+    tokens_reused: int = 0
+
+    def snapshot(self) -> MemberStats:
+        return MemberStats(self.forward_calls, self.tokens_evaluated, self.tokens_reused)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One greedy step: the distribution that was read and the token taken from it."""
+
+    topk: TopK
+    token: int
+
+    @property
+    def logprob(self) -> float:
+        return self.topk.logprobs[self.topk.ids.index(self.token)]
+
+
+@runtime_checkable
+class Member(Protocol):
+    """A model taking part in an ensemble."""
+
+    name: str
+    n_ctx: int
+    stats: MemberStats
+    #: the GGUF / tokenizer chat template, or None when the model has none (base models).
+    chat_template: str | None
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Token ids of ``text``, with the BOS token when the model expects one at the start of a text."""
+        ...
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The surface bytes of one token as it appears after other text (leading space kept)."""
+        ...
+
+    def is_eog(self, token_id: int) -> bool:
+        """True for end-of-generation tokens (EOS, end-of-turn)."""
+        ...
+
+    @property
+    def eos_id(self) -> int:
+        """The end token that scores "the answer ends here"."""
+        ...
+
+    def special_text(self, which: str) -> str:
+        """The text of the ``bos`` or ``eos`` token, for chat templates that print them."""
+        ...
+
+    def next_token(self, context: Sequence[int], k: int) -> TopK:
+        """Top-k next tokens after ``context``."""
+        ...
+
+    def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
+        """Next-token log-probabilities of the given ids after ``context`` (for token-level fusion)."""
+        ...
+
+    def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
+        """For each (context, continuation): the log-probability of every continuation token in turn."""
+        ...
+
+    def greedy(
+        self,
+        context: Sequence[int],
+        max_tokens: int,
+        k: int,
+        until: Callable[[list[int]], bool] | None = None,
+    ) -> list[Step]:
+        """Greedy continuation of up to ``max_tokens``; ends early at an end token or when ``until`` says so."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def greedy_by_steps(
+    member: Member,
+    context: Sequence[int],
+    max_tokens: int,
+    k: int,
+    until: Callable[[list[int]], bool] | None = None,
+) -> list[Step]:
+    """Greedy decoding as repeated ``next_token`` calls; cheap on members whose prefix cache is local."""
+    ctx = list(context)
+    steps: list[Step] = []
+    for _ in range(max_tokens):
+        if len(ctx) >= member.n_ctx:
+            break
+        top = member.next_token(ctx, k)
+        tok = top.ids[0]
+        steps.append(Step(top, tok))
+        ctx.append(tok)
+        if member.is_eog(tok) or (until is not None and until([s.token for s in steps])):
+            break
+    return steps
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

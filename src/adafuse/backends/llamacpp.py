@@ -1,0 +1,286 @@
+"""llama.cpp member through llama-cpp-python's low-level API.
+
+The high-level ``Llama`` class keeps logits for every position only with ``logits_all=True`` (n_ctx x vocab
+floats: about 1 GiB per 1k tokens for Gemma's 262k vocabulary). Driving ``llama_decode`` directly lets us ask for
+logits only where a decision needs them, keep the KV cache as a token list we can roll back to any prefix, and
+remember the few distributions we will ask for again (branching returns to the same context B times).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
+from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError, PromptError
+
+try:
+    import llama_cpp
+except ImportError:  # pragma: no cover - exercised only without the extra
+    llama_cpp = None
+
+_init_lock = threading.Lock()
+_initialised = False
+_ROWS_KEPT = 16
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp prints hundreds of lines per load; failures are reported through return codes instead.
+    return None
+
+
+def _init_backend() -> None:
+    global _initialised
+    if llama_cpp is None:
+        raise ModelLoadError("the llama.cpp backend needs llama-cpp-python; run: pip install 'adafuse[llamacpp]'")
+    with _init_lock:
+        if not _initialised:
+            if not os.environ.get("ADAFUSE_LLAMA_VERBOSE"):
+                llama_cpp.llama_log_set(_quiet_log, ctypes.c_void_p())
+            llama_cpp.llama_backend_init()
+            _initialised = True
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+
+
+def _logsumexp(row: np.ndarray) -> float:
+    m = float(row.max())
+    return m + float(np.log(np.exp(row - m).sum()))
+
+
+class LlamaCppMember:
+    """A GGUF model run in-process by llama.cpp, with a rollback-able prefix cache on one KV sequence."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+    ) -> None:
+        _init_backend()
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        _check_gguf(self.path)
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = int(os.environ.get("ADAFUSE_N_GPU_LAYERS", "0"))
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {self.path} (corrupt or unsupported GGUF file)")
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        # Sliding-window models (Gemma 3) can only roll back inside a full-size cache.
+        cparams.swa_full = True
+        cparams.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelLoadError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_batch = n_batch
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.stats = MemberStats()
+        tmpl = llama_cpp.llama_model_chat_template(self._model, None)
+        self.chat_template: str | None = tmpl.decode("utf-8") if tmpl else None
+        self._eos = llama_cpp.llama_vocab_eos(self._vocab)
+        self._bos = llama_cpp.llama_vocab_bos(self._vocab)
+        self._piece_cache: dict[int, bytes] = {}
+        # Token ids held in KV sequence 0, and the next-token logits we still hold, by position.
+        self._cache: list[int] = []
+        self._rows: OrderedDict[int, tuple[np.ndarray, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- tokenizer ---------------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, True, special)
+            if n >= 0:
+                return list(buf[:n])
+            cap = -n
+
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self._piece_cache.get(token_id)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, -n, 0, False)
+            piece = buf.raw[:n]
+            self._piece_cache[token_id] = piece
+        return piece
+
+    def is_eog(self, token_id: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token_id))
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
+
+    def special_text(self, which: str) -> str:
+        tok = self._bos if which == "bos" else self._eos
+        if tok < 0:
+            return ""
+        return llama_cpp.llama_vocab_get_text(self._vocab, tok).decode("utf-8", errors="replace")
+
+    # -- cache ---------------------------------------------------------------------------------------------------
+
+    def _decode(
+        self, tokens: Sequence[int], start: int, want: Sequence[bool], on_row: Callable[[int, np.ndarray], None]
+    ) -> None:
+        """Evaluate ``tokens`` at positions ``start...``; call ``on_row(i, logits)`` where ``want[i]``.
+
+        The logits array is a view into llama.cpp's buffer, valid only inside the callback: rows of a 262k
+        vocabulary are 1 MiB each, so they are copied only when a caller keeps one.
+        """
+        if start + len(tokens) > self.n_ctx:
+            raise PromptError(
+                f"member {self.name!r}: context of {start + len(tokens)} tokens exceeds its window of {self.n_ctx}"
+            )
+        for lo in range(0, len(tokens), self.n_batch):
+            chunk = tokens[lo : lo + self.n_batch]
+            b = self._batch
+            b.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                b.token[i] = tok
+                b.pos[i] = start + lo + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = want[lo + i]
+            rc = llama_cpp.llama_decode(self._ctx, b)
+            self.stats.forward_calls += 1
+            self.stats.tokens_evaluated += len(chunk)
+            if rc != 0:
+                self._reset()
+                raise MemberError(self.name, f"llama_decode failed with code {rc}")
+            self._cache.extend(chunk)
+            for i in range(len(chunk)):
+                if want[lo + i]:
+                    ptr = llama_cpp.llama_get_logits_ith(self._ctx, i)
+                    on_row(lo + i, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+
+    def _reset(self) -> None:
+        llama_cpp.llama_memory_clear(self._mem, True)
+        self._cache.clear()
+        self._rows.clear()
+
+    def _truncate(self, n: int) -> None:
+        if n < len(self._cache):
+            llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
+            del self._cache[n:]
+            # A row at position p depends on tokens 0..p only.
+            for pos in [p for p in self._rows if p >= n]:
+                del self._rows[pos]
+
+    def _remember(self, pos: int, logits: np.ndarray) -> None:
+        row = logits.copy()
+        self._rows[pos] = (row, _logsumexp(row))
+        self._rows.move_to_end(pos)
+        while len(self._rows) > _ROWS_KEPT:
+            self._rows.popitem(last=False)
+
+    def _row_after(self, context: Sequence[int]) -> tuple[np.ndarray, float]:
+        """Next-token logits after ``context``, evaluating only what the cache does not already hold."""
+        if not context:
+            raise PromptError(f"member {self.name!r}: empty context")
+        n = len(context)
+        keep = common_prefix_len(self._cache, context)
+        if keep == n and (n - 1) in self._rows:
+            self._truncate(n)
+            self.stats.tokens_reused += n
+            self._rows.move_to_end(n - 1)
+            return self._rows[n - 1]
+        keep = min(keep, n - 1)
+        self._truncate(keep)
+        self.stats.tokens_reused += keep
+        todo = list(context[keep:])
+        self._decode(todo, keep, [False] * (len(todo) - 1) + [True], lambda i, row: self._remember(n - 1, row))
+        return self._rows[n - 1]
+
+    # -- primitives --------------------------------------------------------------------------------------------
+
+    def next_token(self, context: Sequence[int], k: int) -> TopK:
+        with self._lock:
+            logits, lse = self._row_after(context)
+        k = min(k, self.n_vocab)
+        idx = np.argpartition(-logits, k - 1)[:k]
+        # Sort by logit, then by id, so equal logits give the same order on every run.
+        order = np.lexsort((idx, -logits[idx]))
+        top = idx[order]
+        return TopK(tuple(int(t) for t in top), tuple(float(logits[t] - lse) for t in top))
+
+    def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
+        with self._lock:
+            logits, lse = self._row_after(context)
+        return [float(logits[t] - lse) for t in token_ids]
+
+    def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
+        with self._lock:
+            return [self._score_one(context, cont) if cont else [] for context, cont in requests]
+
+    def _score_one(self, context: Sequence[int], cont: Sequence[int]) -> list[float]:
+        logits, lse = self._row_after(context)
+        lps = [float(logits[cont[0]] - lse)]
+        last = len(cont) - 2
+
+        def take(i: int, row: np.ndarray) -> None:
+            lps.append(float(row[cont[i + 1]]) - _logsumexp(row))
+            if i == last:
+                # If this candidate wins, the next round starts right here.
+                self._remember(len(context) + last, row)
+
+        if len(cont) > 1:
+            # The last token's own distribution is not needed to score it.
+            self._decode(list(cont[:-1]), len(context), [True] * (len(cont) - 1), take)
+        return lps
+
+    def greedy(
+        self,
+        context: Sequence[int],
+        max_tokens: int,
+        k: int,
+        until: Callable[[list[int]], bool] | None = None,
+    ) -> list[Step]:
+        return greedy_by_steps(self, context, max_tokens, k, until)
+
+    def close(self) -> None:
+        if self._closed or llama_cpp is None:
+            return
+        self._closed = True
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
+        llama_cpp.llama_model_free(self._model)
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        with contextlib.suppress(Exception):
+            self.close()

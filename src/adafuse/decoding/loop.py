@@ -1,0 +1,103 @@
+"""The one generation loop every strategy shares: round -> commit -> stop? -> round ...
+
+A strategy is a function ``(state, round_index) -> Round`` that proposes and selects; the loop owns committing,
+stop strings, end tokens, budgets and the telemetry, so every method is measured the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from adafuse.decoding.state import DecodeState
+from adafuse.decoding.stopping import find_stop
+from adafuse.decoding.words import decode_utf8_prefix
+from adafuse.result import MemberTelemetry, Result, Round, Telemetry
+
+Strategy = Callable[[DecodeState, int], Round]
+
+
+def run(state: DecodeState, strategy: Strategy, method: str) -> Result:
+    cfg = state.config
+    start = time.perf_counter()
+    before = {v.name: v.member.stats.snapshot() for v in state.views}
+    prompt_tokens = {v.name: len(v.ids("")) for v in state.views}
+    rounds: list[Round] = []
+    finish = ""
+    while not finish:
+        if cfg.max_rounds is not None and len(rounds) >= cfg.max_rounds:
+            finish = "length"
+            break
+        rnd = strategy(state, len(rounds))
+        rounds.append(rnd)
+        state.commit(rnd.committed)
+        finish = _finish_reason(state, rnd)
+    telemetry = Telemetry(
+        members=[
+            MemberTelemetry(
+                name=v.name,
+                forward_calls=v.member.stats.forward_calls - before[v.name].forward_calls,
+                tokens_evaluated=v.member.stats.tokens_evaluated - before[v.name].tokens_evaluated,
+                tokens_reused=v.member.stats.tokens_reused - before[v.name].tokens_reused,
+                prompt_tokens=prompt_tokens[v.name],
+            )
+            for v in state.views
+        ],
+        rounds=len(rounds),
+        fast_path_rounds=sum(r.fast_path for r in rounds),
+        fused_rounds=sum(not r.fast_path for r in rounds),
+        output_tokens=output_tokens(state),
+        wall_seconds=time.perf_counter() - start,
+    )
+    return Result(
+        text=state.committed,
+        finish_reason=finish,
+        rounds=rounds,
+        telemetry=telemetry,
+        method=method,
+        models=[v.name for v in state.views],
+        config=cfg.to_dict(),
+    )
+
+
+def _finish_reason(state: DecodeState, rnd: Round) -> str:
+    cfg = state.config
+    hit = find_stop(state.committed, cfg.stop, cfg.stop_at_boxed)
+    if hit is not None:
+        state.committed = state.committed[: hit.cut]
+        return "stop"
+    if rnd.winner.eos:
+        return "eos"
+    if output_tokens(state) >= cfg.max_new_tokens:
+        _truncate_to_budget(state)
+        return "length"
+    if not rnd.committed:
+        # A round that commits nothing would repeat forever; only a degenerate member gets here.
+        return "length"
+    for i in state.active:
+        if len(state.context(i)) >= state.views[i].member.n_ctx - 1:
+            return "length"
+    return ""
+
+
+def reference(state: DecodeState) -> int:
+    """The member whose tokenizer counts the output budget: the first one still voting."""
+    return state.active[0]
+
+
+def output_tokens(state: DecodeState) -> int:
+    view = state.views[reference(state)]
+    return max(0, len(view.ids(state.committed)) - len(view.ids("")))
+
+
+def _truncate_to_budget(state: DecodeState) -> None:
+    view = state.views[reference(state)]
+    start = len(view.ids(""))
+    ids = view.ids(state.committed)
+    if len(ids) - start <= state.config.max_new_tokens:
+        return
+    keep = ids[start : start + state.config.max_new_tokens]
+    text = decode_utf8_prefix(b"".join(view.member.token_bytes(t) for t in keep))
+    # Tokens detokenise with their leading spaces, so the kept text is a prefix of the committed text.
+    if state.committed.startswith(text):
+        state.committed = text

@@ -1,0 +1,125 @@
+"""How a member drafts a continuation: greedy tokens, cut at word boundaries, stop strings or an end token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adafuse.backends.base import Step, TopK
+from adafuse.decoding.scoring import Draft
+from adafuse.decoding.state import DecodeState
+from adafuse.decoding.stopping import find_stop
+from adafuse.decoding.words import decode_utf8_prefix, word_ends
+
+
+@dataclass
+class DraftWriter:
+    """Grows one draft token by token and decides where it ends.
+
+    ``max_words``: words to write at most. ``theta``: keep going past a word only while the first token of the next
+    word has a margin >= theta (None: never stop for confidence). ``max_tokens``: a hard cap for the whole draft.
+    """
+
+    state: DecodeState
+    member: int
+    max_words: int
+    theta: float | None
+    max_tokens: int
+    #: fixed-granularity drafts: end at the first word boundary once this many tokens are written.
+    min_tokens: int | None = None
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    _bytes: bytearray = field(default_factory=bytearray)
+
+    def add(self, top: TopK, token: int) -> Draft | None:
+        """Append ``token`` (taken from ``top``); return the finished draft, or None to keep going."""
+        view = self.state.views[self.member]
+        member = view.member
+        prev_words = len(word_ends(self.text)) if self.tokens else 0
+        self.tokens.append(token)
+        self.logprobs.append(top.logprobs[top.ids.index(token)] if token in top.ids else float("-inf"))
+        if member.is_eog(token):
+            return self._finish(self.text, eos=True, n_tokens=len(self.tokens) - 1, with_eos=True)
+        self._bytes.extend(member.token_bytes(token))
+        text = self.text
+        ends = word_ends(text)
+        if len(ends) > prev_words:
+            # The word ends before its trailing whitespace; a stop string starting there is the next round's.
+            if len(ends) >= self.max_words:
+                return self._finish_at(text[: ends[self.max_words - 1]])
+            if self.min_tokens is not None and len(self.tokens) > self.min_tokens:
+                return self._finish_at(text[: ends[-1]])
+            # This token opened a new word: its distribution's margin decides whether to go on.
+            self.margins.append(top.margin)
+            if self.theta is not None and top.margin < self.theta:
+                return self._finish_at(text[: ends[-1]])
+        cut = self._stop_cut(text)
+        if cut is not None:
+            return self._finish(text[:cut], eos=False, n_tokens=None)
+        if len(self.tokens) >= self.max_tokens or self._context_full():
+            return self._finish(text, eos=False, n_tokens=len(self.tokens))
+        return None
+
+    def _finish_at(self, text: str) -> Draft:
+        cut = self._stop_cut(text)
+        return self._finish(text if cut is None else text[:cut], eos=False, n_tokens=None)
+
+    @property
+    def text(self) -> str:
+        return decode_utf8_prefix(bytes(self._bytes))
+
+    def _stop_cut(self, text: str) -> int | None:
+        """Where a stop string or a closed boxed answer ends inside ``text``, looking across the boundary too."""
+        cfg = self.state.config
+        if not cfg.stop and not cfg.stop_at_boxed:
+            return None
+        committed = self.state.committed
+        keep = max((len(s) for s in cfg.stop), default=0)
+        # A boxed answer can open anywhere in the committed text; a stop string only in its last few characters.
+        lead = committed if cfg.stop_at_boxed else committed[-keep:] if keep else ""
+        hit = find_stop(lead + text, cfg.stop, cfg.stop_at_boxed)
+        if hit is None:
+            return None
+        end = hit.cut - len(lead)
+        if hit.reason == "stop":
+            stop_len = next(len(s) for s in cfg.stop if (lead + text).startswith(s, hit.cut))
+            end += stop_len
+        return max(end, 1)
+
+    def _context_full(self) -> bool:
+        view = self.state.views[self.member]
+        return len(self.state.context(self.member)) + len(self.tokens) >= view.member.n_ctx - 1
+
+    def _finish(self, text: str, eos: bool, n_tokens: int | None, with_eos: bool = False) -> Draft:
+        """Build the draft; keep the member's own log-probabilities only when its tokens spell exactly ``text``."""
+        member = self.state.views[self.member].member
+        if n_tokens is None:
+            n_tokens = self._tokens_spelling(text)
+        if n_tokens is None:
+            return Draft(text, eos, self.member, [], [])
+        end = n_tokens + (1 if with_eos else 0)
+        toks = self.tokens[:end]
+        if with_eos and toks and toks[-1] != member.eos_id:
+            return Draft(text, eos, self.member, [], [])
+        return Draft(text, eos, self.member, toks, self.logprobs[:end])
+
+    def _tokens_spelling(self, text: str) -> int | None:
+        member = self.state.views[self.member].member
+        data = text.encode("utf-8")
+        acc = b""
+        for n, tok in enumerate(self.tokens):
+            if acc == data:
+                return n
+            acc += member.token_bytes(tok)
+        return len(self.tokens) if acc == data else None
+
+
+def write_draft(state: DecodeState, member: int, first: Step, writer: DraftWriter) -> Draft:
+    """Continue greedily from ``first`` until ``writer`` says the draft is done."""
+    draft = writer.add(first.topk, first.token)
+    ctx = state.context(member)
+    mem = state.views[member].member
+    while draft is None:
+        top = mem.next_token(ctx + writer.tokens, state.config.top_k)
+        draft = writer.add(top, top.ids[0])
+    return draft

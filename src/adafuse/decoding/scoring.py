@@ -1,0 +1,106 @@
+"""Boundary-correct scoring of candidates by every member, and the combiners that pick the winner.
+
+A candidate ``c`` is scored by member m on the tokens of ``tok_m(p_m + x + c)`` beyond the longest prefix it
+shares with ``tok_m(p_m + x)``. When the tokenizer merges across the boundary (``"Answer:"`` + ``" V"``), the
+context's own last tokens change; we then score ``log P(tail + c | head) - log P(tail | head)``. The candidate
+is never tokenised on its own: that loses the leading space and makes every member but the proposer
+look worse (the reference code's self-preference bug).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from adafuse.backends.base import common_prefix_len
+from adafuse.decoding.state import DecodeState
+from adafuse.errors import MemberError
+from adafuse.result import Candidate
+
+
+@dataclass
+class Draft:
+    """A candidate as one member wrote it, with the token ids and log-probabilities it already computed."""
+
+    text: str
+    eos: bool
+    member: int
+    tokens: list[int]
+    logprobs: list[float]
+
+
+def score_candidates(
+    state: DecodeState, candidates: list[Candidate], drafts: list[Draft], normalise: str | None = None
+) -> None:
+    """Fill ``candidate.scores`` (member -> normalised NLL) and ``candidate.combined`` for every candidate."""
+    mode = normalise or state.config.normalise
+    for i in state.active:
+        view = state.views[i]
+        ctx = state.context(i)
+        plans: list[tuple[int, list[int], int]] = []  # (head length, new tokens, tail length) per candidate
+        requests: dict[tuple[int, tuple[int, ...]], int] = {}
+        for cand in candidates:
+            full = view.ids(state.committed + cand.text)
+            head = common_prefix_len(ctx, full)
+            new = full[head:] + ([view.member.eos_id] if cand.eos else [])
+            plans.append((head, new, len(ctx) - head))
+            requests.setdefault((head, tuple(new)), len(requests))
+            if head < len(ctx):
+                requests.setdefault((head, tuple(ctx[head:])), len(requests))
+        known = _own_logprobs(i, len(ctx), drafts)
+        todo = [key for key in requests if key not in known]
+        scored = view.member.score([(ctx[:head], list(toks)) for head, toks in todo]) if todo else []
+        lp = dict(known)
+        lp.update({key: sum(vals) for key, vals in zip(todo, scored, strict=True)})
+        for cand, (head, new, tail) in zip(candidates, plans, strict=True):
+            total = lp[(head, tuple(new))] - (lp[(head, tuple(ctx[head:]))] if tail else 0.0)
+            cand.scores[view.name] = -total / _norm(mode, cand, len(new) - tail)
+    for cand in candidates:
+        cand.combined = combine(state, cand)
+
+
+def _own_logprobs(member: int, ctx_len: int, drafts: list[Draft]) -> dict[tuple[int, tuple[int, ...]], float]:
+    """The proposer already has the log-probabilities of its own tokens: no second pass for them."""
+    return {(ctx_len, tuple(d.tokens)): sum(d.logprobs) for d in drafts if d.member == member and d.tokens}
+
+
+def _norm(mode: str, cand: Candidate, n_tokens: int) -> float:
+    if mode == "sum":
+        return 1.0
+    if mode == "char":
+        return float(max(1, len(cand.text)))
+    return float(max(1, n_tokens))
+
+
+def combine(state: DecodeState, cand: Candidate) -> float:
+    """Weighted mean of the active members' scores; a non-finite score is an error, never a silent drop."""
+    total = 0.0
+    weight = 0.0
+    for i in state.active:
+        name = state.views[i].name
+        s = cand.scores[name]
+        if not math.isfinite(s):
+            raise MemberError(name, f"produced a non-finite score ({s}) for candidate {cand.text!r}")
+        total += state.weights[i] * s
+        weight += state.weights[i]
+    return total / weight if weight > 0 else math.inf
+
+
+def select(candidates: list[Candidate]) -> int:
+    """Index of the lowest combined score; ties go to the earliest candidate (proposal order)."""
+    best = 0
+    for j, cand in enumerate(candidates):
+        assert cand.combined is not None
+        if cand.combined < candidates[best].combined:  # type: ignore[operator]
+            best = j
+    return best
+
+
+def union(drafts: list[Draft], names: list[str]) -> list[Candidate]:
+    """Merge drafts with the same surface string (and end flag), remembering every proposer in order."""
+    merged: dict[tuple[str, bool], Candidate] = {}
+    for d in drafts:
+        cand = merged.setdefault((d.text, d.eos), Candidate(text=d.text, eos=d.eos))
+        if names[d.member] not in cand.proposers:
+            cand.proposers.append(names[d.member])
+    return list(merged.values())

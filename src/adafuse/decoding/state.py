@@ -1,0 +1,59 @@
+"""The shared state of one generation: each member's own prompt and the committed text, as token ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from adafuse.backends.base import Member
+from adafuse.config import DecodeConfig
+
+
+@dataclass
+class MemberView:
+    """One member's side of a generation: it always conditions on ``prompt + committed`` in its own tokens."""
+
+    member: Member
+    prompt: str
+    special: bool = False
+    _memo: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.member.name
+
+    def ids(self, continuation: str) -> list[int]:
+        """Token ids of ``prompt + continuation``, tokenised as one text (never piecewise)."""
+        ids = self._memo.get(continuation)
+        if ids is None:
+            ids = self.member.tokenize(self.prompt + continuation, special=self.special)
+            self._memo[continuation] = ids
+        return ids
+
+    def forget(self, keep: str) -> None:
+        """Drop memoised tokenisations except the committed text's: a round's candidates are not reused."""
+        kept = self._memo.get(keep)
+        self._memo.clear()
+        if kept is not None:
+            self._memo[keep] = kept
+
+
+@dataclass
+class DecodeState:
+    views: list[MemberView]
+    config: DecodeConfig
+    weights: tuple[float, ...]
+    committed: str = ""
+    #: members still voting; a remote member dropped under the ``drop`` policy leaves this set.
+    active: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.active:
+            self.active = list(range(len(self.views)))
+
+    def context(self, i: int) -> list[int]:
+        return self.views[i].ids(self.committed)
+
+    def commit(self, text: str) -> None:
+        self.committed += text
+        for v in self.views:
+            v.forget(self.committed)

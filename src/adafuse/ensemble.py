@@ -1,0 +1,130 @@
+"""The ensemble: owns its members, builds each member's own prompt, and runs a decoding strategy."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from adafuse.backends import DEFAULT_ENSEMBLE, Member, load_member
+from adafuse.chat import Message, render_chat, validate_messages
+from adafuse.config import DecodeConfig
+from adafuse.decoding.adafuse import adafuse_round
+from adafuse.decoding.baselines import sample_round, single_round, span_round, token_round
+from adafuse.decoding.loop import Strategy, run
+from adafuse.decoding.state import DecodeState, MemberView
+from adafuse.errors import ConfigError, ModelNotFoundError, PromptError
+from adafuse.result import Result
+
+STRATEGIES: dict[str, Strategy] = {
+    "adafuse": adafuse_round,
+    "single": single_round,
+    "token": token_round,
+    "span": span_round,
+    "sample": sample_round,
+}
+
+
+class Ensemble:
+    """Several members writing one answer. Thread-safe: concurrent calls to ``generate`` run one at a time."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        if not members:
+            raise ConfigError("an ensemble needs at least one member")
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"member names must be unique, got {names}")
+        self.members = list(members)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_specs(
+        cls, specs: Sequence[str] | None = None, n_ctx: int = 4096, n_threads: int | None = None
+    ) -> Ensemble:
+        """Load members from specs (built-in names, ``.gguf`` paths, ``hf:DIR``, ``http://HOST:PORT/v1``)."""
+        specs = list(specs) if specs else list(DEFAULT_ENSEMBLE)
+        if any(not s.strip() for s in specs):
+            raise ModelNotFoundError("empty model name in the model list")
+        loaded: list[Member] = []
+        try:
+            for spec in specs:
+                loaded.append(load_member(spec, n_ctx=n_ctx, n_threads=n_threads))
+        except BaseException:
+            for m in loaded:
+                m.close()
+            raise
+        return cls(loaded)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def member_index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise ConfigError(f"no member named {name!r}; members are {self.names}") from None
+
+    def prompts(self, prompt: str | Sequence[Message], chat: bool) -> list[tuple[str, bool]]:
+        """Each member's prompt text and whether it holds special tokens to parse."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise PromptError("the prompt is empty")
+            if not chat:
+                return [(prompt, False) for _ in self.members]
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            messages = validate_messages(prompt)
+        rendered = []
+        for m in self.members:
+            text = render_chat(m.chat_template, messages, m.special_text("bos"), m.special_text("eos"))
+            rendered.append((text, bool(m.chat_template)))
+        return rendered
+
+    def generate(
+        self,
+        prompt: str | Sequence[Message],
+        config: DecodeConfig | None = None,
+        *,
+        chat: bool = False,
+        **overrides: Any,
+    ) -> Result:
+        """Decode one answer. ``prompt`` is raw text, or a list of chat messages (rendered per member)."""
+        cfg = config or DecodeConfig()
+        if overrides:
+            cfg = replace(cfg, **overrides)
+        weights = cfg.member_weights(len(self.members))
+        prompts = self.prompts(prompt, chat)
+        views = [MemberView(m, text, special) for m, (text, special) in zip(self.members, prompts, strict=True)]
+        active = list(range(len(self.members)))
+        if cfg.method == "single":
+            active = [cfg.single_member if cfg.single_member is not None else 0]
+            if not 0 <= active[0] < len(self.members):
+                raise ConfigError(f"single_member {active[0]} is not a member index (0..{len(self.members) - 1})")
+        with self._lock:
+            for i in active:
+                _check_fits(views[i], cfg)
+            state = DecodeState(views, cfg, weights, active=active)
+            return run(state, STRATEGIES[cfg.method], cfg.method)
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+
+    def __enter__(self) -> Ensemble:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_fits(view: MemberView, cfg: DecodeConfig) -> None:
+    n = len(view.ids(""))
+    window = view.member.n_ctx
+    if n + cfg.max_new_tokens > window:
+        raise PromptError(
+            f"the prompt is {n} tokens for member {view.name!r}; with max_new_tokens={cfg.max_new_tokens} it needs "
+            f"{n + cfg.max_new_tokens} but the context window is {window} (shorten the prompt, lower "
+            "max_new_tokens, or raise --n-ctx)"
+        )

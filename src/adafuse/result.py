@@ -1,0 +1,118 @@
+"""What a generation returns: the text, why it ended, a per-round trace and the cost. Plain dataclasses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Candidate:
+    """One distinct continuation in a round, after the union of every member's proposals."""
+
+    text: str
+    eos: bool = False
+    proposers: list[str] = field(default_factory=list)
+    #: member name -> normalised NLL of this candidate (lower is better); empty on the fast path.
+    scores: dict[str, float] = field(default_factory=dict)
+    #: weighted mean of ``scores``; None when the round needed no scoring.
+    combined: float | None = None
+
+
+@dataclass
+class Proposal:
+    """What one member proposed in a round and how sure it was."""
+
+    member: str
+    #: top-1 minus top-2 probability at the first token of each word it looked at.
+    margins: list[float]
+    branched: bool
+    candidates: list[str]
+
+
+@dataclass
+class Round:
+    index: int
+    proposals: list[Proposal]
+    candidates: list[Candidate]
+    chosen: int
+    committed: str
+    fast_path: bool
+    #: the fusion unit the round worked at ("word", "token", "span", "answer", ...).
+    unit: str = "word"
+
+    @property
+    def winner(self) -> Candidate:
+        return self.candidates[self.chosen]
+
+
+@dataclass
+class MemberTelemetry:
+    name: str
+    forward_calls: int = 0
+    tokens_evaluated: int = 0
+    tokens_reused: int = 0
+    prompt_tokens: int = 0
+
+
+@dataclass
+class Telemetry:
+    members: list[MemberTelemetry]
+    rounds: int = 0
+    fast_path_rounds: int = 0
+    fused_rounds: int = 0
+    output_tokens: int = 0
+    wall_seconds: float = 0.0
+    #: members dropped mid-generation (remote failure with the ``drop`` policy): name -> reason.
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tokens_evaluated(self) -> int:
+        return sum(m.tokens_evaluated for m in self.members)
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str
+    rounds: list[Round]
+    telemetry: Telemetry
+    method: str = "adafuse"
+    models: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, trace: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not trace:
+            d.pop("rounds")
+        return d
+
+    def to_json(self, trace: bool = True, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(trace), ensure_ascii=False, indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        rounds = [
+            Round(
+                index=r["index"],
+                proposals=[Proposal(**p) for p in r["proposals"]],
+                candidates=[Candidate(**c) for c in r["candidates"]],
+                chosen=r["chosen"],
+                committed=r["committed"],
+                fast_path=r["fast_path"],
+                unit=r.get("unit", "word"),
+            )
+            for r in d.get("rounds", [])
+        ]
+        tel = dict(d["telemetry"])
+        tel["members"] = [MemberTelemetry(**m) for m in tel["members"]]
+        return cls(
+            text=d["text"],
+            finish_reason=d["finish_reason"],
+            rounds=rounds,
+            telemetry=Telemetry(**tel),
+            method=d.get("method", "adafuse"),
+            models=d.get("models", []),
+            config=d.get("config", {}),
+        )

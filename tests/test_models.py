@@ -1,0 +1,124 @@
+"""The three real built-in models through llama.cpp: scoring at tokenizer boundaries, a full ensemble run,
+determinism and the prefix cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adafuse.config import DecodeConfig
+from adafuse.decoding.scoring import score_candidates
+from adafuse.decoding.state import DecodeState, MemberView
+from adafuse.ensemble import Ensemble
+from adafuse.result import Candidate
+
+pytestmark = pytest.mark.models
+
+# (committed context, candidate): leading spaces, newlines, merges across the boundary, multi-byte text.
+BOUNDARY_CASES = [
+    ("Question: Which British king married Mary of Teck?\nAnswer:", " George V."),
+    ("Question: Which British king married Mary of Teck?\nAnswer: George", " V."),
+    ("Line one\n", "Line two"),
+    ("Line one", "\n\nLine two"),
+    ("3 +", " 4 = 7"),
+    ("Mary of Te", "ck"),
+    ("The answer is 12", "34."),
+    ("Le café", " était crème brûlée"),
+]
+
+
+def stepwise(member, ids, start):
+    """Sum of next-token log-probs of ids[start:], each read from the member one position at a time."""
+    return sum(member.logprobs_of(ids[:j], [ids[j]])[0] for j in range(start, len(ids)))
+
+
+@pytest.mark.parametrize(("context", "candidate"), BOUNDARY_CASES)
+def test_boundary_correct_scoring_matches_step_by_step_logprobs(zoo_members, context, candidate):
+    views = [MemberView(m, "") for m in zoo_members]
+    state = DecodeState(views, DecodeConfig(normalise="sum"), (1 / 3,) * 3, committed=context)
+    cand = Candidate(candidate)
+    score_candidates(state, [cand], [])
+    for m in zoo_members:
+        ctx = m.tokenize(context)
+        full = m.tokenize(context + candidate)
+        head = next((i for i, (a, b) in enumerate(zip(ctx, full, strict=False)) if a != b), min(len(ctx), len(full)))
+        expected = stepwise(m, full, head) - stepwise(m, ctx, head)
+        assert cand.scores[m.name] == pytest.approx(-expected, abs=2e-3), m.name
+
+
+def test_isolated_tokenisation_would_differ_so_the_boundary_matters(zoo_members):
+    # The reference code's bug: tokenising a candidate alone drops the leading-space token form.
+    for m in zoo_members:
+        ctx = m.tokenize("Answer:")
+        full = m.tokenize("Answer: George")
+        alone = m.tokenize("George")
+        assert full[: len(ctx)] == ctx
+        assert full[len(ctx) :] != alone[-len(full[len(ctx) :]) :], m.name
+
+
+def test_merge_across_the_boundary_is_handled(zoo_members):
+    # "Te" + "ck" re-tokenises the context's last token in every one of these vocabularies.
+    merged = [
+        m.name
+        for m in zoo_members
+        if m.tokenize("Mary of Teck")[: len(m.tokenize("Mary of Te"))] != m.tokenize("Mary of Te")
+    ]
+    assert merged, "expected at least one tokenizer to merge across the boundary"
+
+
+def run_ensemble(members, prompt):
+    ens = Ensemble(members)
+    return ens.generate(prompt, DecodeConfig(stop=("\n",), max_new_tokens=24))
+
+
+def test_ensemble_answers_a_triviaqa_prompt_with_a_complete_trace(zoo_members, trivia_prompt):
+    res = run_ensemble(zoo_members, trivia_prompt)
+    assert res.text.strip(), res
+    assert "George" in res.text
+    assert res.finish_reason == "stop"
+    names = [m.name for m in zoo_members]
+    assert res.models == names
+    assert "".join(r.committed for r in res.rounds).startswith(res.text)
+    for r in res.rounds:
+        assert [p.member for p in r.proposals] == names
+        assert all(p.margins and all(0 <= x <= 1 for x in p.margins) for p in r.proposals)
+        assert 0 <= r.chosen < len(r.candidates) and r.committed == r.winner.text
+        assert {c.text for c in r.candidates} == {t for p in r.proposals for t in p.candidates}
+        for c in r.candidates:
+            assert c.proposers
+            if not r.fast_path:
+                assert set(c.scores) == set(names) and c.combined is not None
+        if not r.fast_path:
+            assert r.winner.combined == min(c.combined for c in r.candidates)
+    tel = res.telemetry
+    assert tel.rounds == len(res.rounds) == tel.fast_path_rounds + tel.fused_rounds
+    assert [m.name for m in tel.members] == names
+    assert all(m.forward_calls > 0 and m.tokens_evaluated > 0 for m in tel.members)
+
+
+def test_output_is_identical_across_runs_and_the_prefix_cache_is_used(zoo_members, trivia_prompt):
+    first = run_ensemble(zoo_members, trivia_prompt)
+    second = run_ensemble(zoo_members, trivia_prompt)
+
+    def stable(res):
+        d = res.to_dict()
+        d["telemetry"] = {k: v for k, v in d["telemetry"].items() if k not in ("wall_seconds", "members")}
+        return json.dumps(d, sort_keys=True)
+
+    assert stable(first) == stable(second)
+    for tel in second.telemetry.members:
+        # The prompt is already cached from the first run: each round costs a few tokens, not a prefill.
+        per_round = tel.tokens_evaluated / second.telemetry.rounds
+        assert per_round < tel.prompt_tokens / 8, (tel, second.telemetry.rounds)
+        assert tel.tokens_reused > tel.prompt_tokens
+
+
+def test_prefix_cache_turns_a_grown_context_into_new_tokens_only(zoo_members):
+    m = zoo_members[0]
+    ctx = m.tokenize("The quick brown fox jumps over the lazy dog. " * 10)
+    m.next_token(ctx, 5)
+    before = m.stats.snapshot()
+    grown = m.tokenize("The quick brown fox jumps over the lazy dog. " * 10 + "And then")
+    m.next_token(grown, 5)
+    assert m.stats.tokens_evaluated - before.tokens_evaluated <= len(grown) - len(ctx) + 1
