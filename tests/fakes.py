@@ -36,7 +36,7 @@ class ScriptedMember:
         self.calls: list[str] = []
         self._cache: list[int] = []
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
         ids: list[int] = []
         i = 0
         while i < len(text):

@@ -126,6 +126,11 @@ def models() -> None:
         out.print(json.dumps({"name": name, "model": model.description, "status": status}) + default, markup=False)
 
 
+from adafuse.evaluation.commands import register  # noqa: E402
+
+register(app)
+
+
 def main() -> None:
     app()
 

@@ -62,8 +62,8 @@ class Member(Protocol):
     #: the GGUF / tokenizer chat template, or None when the model has none (base models).
     chat_template: str | None
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        """Token ids of ``text``, with the BOS token when the model expects one at the start of a text."""
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
+        """Token ids of ``text``; with ``bos``, the BOS token too when the model expects one at the start."""
         ...
 
     def token_bytes(self, token_id: int) -> bytes:

@@ -29,6 +29,11 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 _init_lock = threading.Lock()
 _initialised = False
 _ROWS_KEPT = 16
+# llama.cpp switches matrix kernels with the batch size: for K-quant models (Gemma, Qwen here) rows decoded in
+# batches of 8 or more differ from one-token decoding by up to ~2 logits, while batches of up to 4 match it
+# exactly (measured). Scoring decodes at most this many tokens per call so that a candidate gets the same
+# log-probabilities whether its proposer computed them while writing it or another member scores it later.
+_SCORING_CHUNK = 4
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -118,12 +123,12 @@ class LlamaCppMember:
 
     # -- tokenizer ---------------------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
         data = text.encode("utf-8")
         cap = len(data) + 8
         while True:
             buf = (llama_cpp.llama_token * cap)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, True, special)
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, cap, bos, special)
             if n >= 0:
                 return list(buf[:n])
             cap = -n
@@ -167,8 +172,9 @@ class LlamaCppMember:
             raise PromptError(
                 f"member {self.name!r}: context of {start + len(tokens)} tokens exceeds its window of {self.n_ctx}"
             )
-        for lo in range(0, len(tokens), self.n_batch):
-            chunk = tokens[lo : lo + self.n_batch]
+        step = self.n_batch if sum(want) <= 1 else _SCORING_CHUNK
+        for lo in range(0, len(tokens), step):
+            chunk = tokens[lo : lo + step]
             b = self._batch
             b.n_tokens = len(chunk)
             for i, tok in enumerate(chunk):

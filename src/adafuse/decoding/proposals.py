@@ -80,11 +80,16 @@ class DraftWriter:
         hit = find_stop(lead + text, cfg.stop, cfg.stop_at_boxed)
         if hit is None:
             return None
-        end = hit.cut - len(lead)
-        if hit.reason == "stop":
-            stop_len = next(len(s) for s in cfg.stop if (lead + text).startswith(s, hit.cut))
-            end += stop_len
-        return max(end, 1)
+        start = hit.cut - len(lead)
+        if hit.reason != "stop":
+            return max(start, 1)
+        # A stop string after a complete word belongs to the next round, where it is a candidate of its own
+        # ("end the answer here") instead of riding on this word's score.
+        before = [e for e in word_ends(text) if e <= start]
+        if before:
+            return before[-1]
+        stop_len = next(len(s) for s in cfg.stop if (lead + text).startswith(s, hit.cut))
+        return max(start + stop_len, 1)
 
     def _context_full(self) -> bool:
         view = self.state.views[self.member]

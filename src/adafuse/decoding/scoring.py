@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from adafuse.backends.base import common_prefix_len
-from adafuse.decoding.state import DecodeState
+from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.errors import MemberError
 from adafuse.result import Candidate
 
@@ -37,26 +39,57 @@ def score_candidates(
     for i in state.active:
         view = state.views[i]
         ctx = state.context(i)
-        plans: list[tuple[int, list[int], int]] = []  # (head length, new tokens, tail length) per candidate
-        requests: dict[tuple[int, tuple[int, ...]], int] = {}
-        for cand in candidates:
-            full = view.ids(state.committed + cand.text)
-            head = common_prefix_len(ctx, full)
-            new = full[head:] + ([view.member.eos_id] if cand.eos else [])
-            plans.append((head, new, len(ctx) - head))
-            requests.setdefault((head, tuple(new)), len(requests))
-            if head < len(ctx):
-                requests.setdefault((head, tuple(ctx[head:])), len(requests))
+        plans = [_plan(view, ctx, state.committed, cand) for cand in candidates]
+        keys = list(dict.fromkeys(key for plan in plans for key in plan.needed()))
         known = _own_logprobs(i, len(ctx), drafts)
-        todo = [key for key in requests if key not in known]
+        todo = [key for key in keys if key not in known]
         scored = view.member.score([(ctx[:head], list(toks)) for head, toks in todo]) if todo else []
         lp = dict(known)
         lp.update({key: sum(vals) for key, vals in zip(todo, scored, strict=True)})
-        for cand, (head, new, tail) in zip(candidates, plans, strict=True):
-            total = lp[(head, tuple(new))] - (lp[(head, tuple(ctx[head:]))] if tail else 0.0)
-            cand.scores[view.name] = -total / _norm(mode, cand, len(new) - tail)
+        for cand, plan in zip(candidates, plans, strict=True):
+            cand.scores[view.name] = -plan.logprob(lp) / _norm(mode, cand, plan.n_tokens)
     for cand in candidates:
         cand.combined = combine(state, cand)
+
+
+Key = tuple[int, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one member scores one candidate: which (head length, tokens) log-probabilities it needs."""
+
+    canonical: Key
+    #: the context's own last tokens that re-tokenise when the candidate is appended (usually none).
+    tail: Key | None
+    #: the candidate's tokens appended to the unchanged context, when that spelling differs from the canonical.
+    extension: Key | None
+    n_tokens: int
+
+    def needed(self) -> list[Key]:
+        return [k for k in (self.canonical, self.tail, self.extension) if k is not None]
+
+    def logprob(self, lp: dict[Key, float]) -> float:
+        canonical = lp[self.canonical] - (lp[self.tail] if self.tail else 0.0)
+        if self.extension is None:
+            return canonical
+        # Two token sequences that spell the same text: their probabilities add up.
+        return float(np.logaddexp(canonical, lp[self.extension]))
+
+
+def _plan(view: MemberView, ctx: list[int], committed: str, cand: Candidate) -> _Plan:
+    full = view.ids(committed + cand.text)
+    head = common_prefix_len(ctx, full)
+    end = [view.member.eos_id] if cand.eos else []
+    new = full[head:] + end
+    tail = (head, tuple(ctx[head:])) if head < len(ctx) else None
+    extension = None
+    # A model may write "." then "\n" where its tokenizer would merge ".\n": the canonical spelling then
+    # undersells what the model itself prefers, so the plain continuation of the context is scored too.
+    piece = view.piece_ids(cand.text) if cand.text else []
+    if piece is not None and (tail is not None or piece != full[head:]):
+        extension = (len(ctx), tuple(piece + end))
+    return _Plan((head, tuple(new)), tail, extension, max(1, len(new) - (len(tail[1]) if tail else 0)))
 
 
 def _own_logprobs(member: int, ctx_len: int, drafts: list[Draft]) -> dict[tuple[int, tuple[int, ...]], float]:

@@ -16,6 +16,7 @@ class MemberView:
     prompt: str
     special: bool = False
     _memo: dict[str, list[int]] = field(default_factory=dict)
+    _pieces: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -29,10 +30,21 @@ class MemberView:
             self._memo[continuation] = ids
         return ids
 
+    def piece_ids(self, text: str) -> list[int] | None:
+        """``text`` tokenised on its own (no BOS), if those tokens spell exactly ``text``; else None."""
+        ids = self._pieces.get(text)
+        if ids is None:
+            ids = self.member.tokenize(text, special=False, bos=False)
+            if b"".join(self.member.token_bytes(t) for t in ids) != text.encode("utf-8"):
+                ids = []
+            self._pieces[text] = ids
+        return ids or None
+
     def forget(self, keep: str) -> None:
         """Drop memoised tokenisations except the committed text's: a round's candidates are not reused."""
         kept = self._memo.get(keep)
         self._memo.clear()
+        self._pieces.clear()
         if kept is not None:
             self._memo[keep] = kept
 
