@@ -32,7 +32,8 @@ def unescape(text: str) -> str:
 
 
 def fail(message: str) -> None:
-    err.print(f"error: {message}", markup=False)
+    # Plain write: rich would wrap a long message over several lines, and scripts grep for one.
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
     raise typer.Exit(2)
 
 
@@ -92,9 +93,13 @@ def generate(
             fail("the prompt is empty")
         if n_ctx < 16:
             fail(f"--n-ctx must be at least 16, got {n_ctx}")
+        from adafuse.backends import DEFAULT_ENSEMBLE
         from adafuse.ensemble import Ensemble
 
-        with Ensemble.from_specs(parse_models(models), n_ctx=n_ctx, n_threads=threads) as ens:
+        specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
+        # Checked before loading anything: a wrong count is a typo, not worth a model load.
+        config.member_weights(len(specs))
+        with Ensemble.from_specs(specs, n_ctx=n_ctx, n_threads=threads) as ens:
             result = ens.generate(text, config, chat=chat)
     except AdafuseError as exc:
         fail(str(exc))
