@@ -209,3 +209,31 @@ def test_weights_must_match_the_member_count():
     ens = Ensemble([member("a", CONFIDENT)])
     with pytest.raises(ConfigError, match="2 weights given for 1 members"):
         ens.generate("Q:", DecodeConfig(weights=(1.0, 2.0)))
+
+
+def test_on_round_sees_every_commit_and_can_cancel():
+    seen: list[str] = []
+    res = Ensemble([member("a", CONFIDENT)]).generate(
+        "Q:", DecodeConfig(max_words=1), on_round=lambda r, t: seen.append(t)
+    )
+    assert seen == [" George", " George V.", " George V. was", " George V. was king"] and seen[-1] == res.text
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(rnd, text):
+        if len(text) > 8:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        Ensemble([member("a", CONFIDENT)]).generate("Q:", DecodeConfig(max_words=1), on_round=cancel)
+
+
+def test_stop_string_spanning_two_rounds_is_found_on_the_committed_text():
+    res = Ensemble([member("a", CONFIDENT)]).generate("Q:", DecodeConfig(max_words=1, stop=("V. was",)))
+    assert res.text == " George " and res.finish_reason == "stop"
+
+
+def test_stop_string_inside_a_word_cuts_the_draft_there():
+    res = Ensemble([member("a", CONFIDENT)]).generate("Q:", DecodeConfig(max_words=3, stop=("rge",)))
+    assert res.text == " Geo" and res.rounds[0].committed == " George"

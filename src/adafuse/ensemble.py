@@ -12,7 +12,7 @@ from adafuse.chat import Message, render_chat, validate_messages
 from adafuse.config import DecodeConfig
 from adafuse.decoding.adafuse import adafuse_round
 from adafuse.decoding.baselines import sample_round, single_round, span_round, token_round
-from adafuse.decoding.loop import Strategy, run
+from adafuse.decoding.loop import OnRound, Strategy, run
 from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.errors import ConfigError, ModelNotFoundError, PromptError
 from adafuse.result import Result
@@ -88,6 +88,7 @@ class Ensemble:
         config: DecodeConfig | None = None,
         *,
         chat: bool = False,
+        on_round: OnRound | None = None,
         **overrides: Any,
     ) -> Result:
         """Decode one answer. ``prompt`` is raw text, or a list of chat messages (rendered per member)."""
@@ -106,7 +107,7 @@ class Ensemble:
             for i in active:
                 _check_fits(views[i], cfg)
             state = DecodeState(views, cfg, weights, active=active)
-            return run(state, STRATEGIES[cfg.method], cfg.method)
+            return run(state, STRATEGIES[cfg.method], cfg.method, on_round)
 
     def close(self) -> None:
         for m in self.members:

@@ -15,9 +15,12 @@ from adafuse.decoding.words import decode_utf8_prefix
 from adafuse.result import MemberTelemetry, Result, Round, Telemetry
 
 Strategy = Callable[[DecodeState, int], Round]
+#: called after every commit with the round and the text committed so far (streaming, progress, cancellation:
+#: an exception raised here ends the generation).
+OnRound = Callable[[Round, str], None]
 
 
-def run(state: DecodeState, strategy: Strategy, method: str) -> Result:
+def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound | None = None) -> Result:
     cfg = state.config
     start = time.perf_counter()
     before = {v.name: v.member.stats.snapshot() for v in state.views}
@@ -32,6 +35,8 @@ def run(state: DecodeState, strategy: Strategy, method: str) -> Result:
         rounds.append(rnd)
         state.commit(rnd.committed)
         finish = _finish_reason(state, rnd)
+        if on_round is not None:
+            on_round(rnd, state.committed)
     telemetry = Telemetry(
         members=[
             MemberTelemetry(
