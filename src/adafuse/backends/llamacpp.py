@@ -29,11 +29,12 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 _init_lock = threading.Lock()
 _initialised = False
 _ROWS_KEPT = 16
-# llama.cpp switches matrix kernels with the batch size: for K-quant models (Gemma, Qwen here) rows decoded in
-# batches of 8 or more differ from one-token decoding by up to ~2 logits, while batches of up to 4 match it
-# exactly (measured). Scoring decodes at most this many tokens per call so that a candidate gets the same
-# log-probabilities whether its proposer computed them while writing it or another member scores it later.
-_SCORING_CHUNK = 4
+# llama.cpp switches matrix kernels with the batch shape: for the K-quant models here (Gemma, Qwen) a token
+# decoded together with others gets logits up to ~2 apart from the same token decoded alone (measured), and
+# which shapes agree is not stable. Continuations are therefore scored one token per call, exactly as a
+# proposer computes them while writing: a candidate gets the same log-probabilities whoever wrote it, so a
+# member never prefers its own candidates through numerical noise.
+_SCORING_CHUNK = 1
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
