@@ -5,6 +5,9 @@ the real built-in models."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,12 +61,14 @@ def answer_script(
     pieces: list[str],
     kill_on: str | None = None,
     fail_on: str | None = None,
+    hang_on: tuple[str, Path] | None = None,
 ) -> Callable[[str], dict[str, float]]:
     """A member that answers each question confidently with ``answers[question]`` and then a newline.
 
     It reads the question from the prompt text itself (the member's ``prompt`` is empty, so the script sees
     everything), records each question it is first asked about, raises KeyboardInterrupt on ``kill_on``
-    (what a kill looks like to the runner) and a MemberError on ``fail_on``.
+    (what a kill looks like to the runner) and a MemberError on ``fail_on``. On ``hang_on = (question, path)``
+    it creates ``path`` and hangs, so another process can kill it there for real.
     """
 
     def script(text: str) -> dict[str, float]:
@@ -71,6 +76,9 @@ def answer_script(
         question = head.rpartition("Question: ")[2]
         if question == kill_on:
             raise KeyboardInterrupt
+        if hang_on is not None and question == hang_on[0]:
+            hang_on[1].touch()
+            time.sleep(120)
         if question == fail_on:
             raise MemberError("alpha", "connection refused")
         if not generated and (not seen or seen[-1] != question):
@@ -92,10 +100,16 @@ class Zoo:
         self.seen: list[str] = []
         self.built = 0
 
-    def ensemble(self, kill_on: str | None = None, fail_on: str | None = None, n_ctx: int = 4096) -> Ensemble:
+    def ensemble(
+        self,
+        kill_on: str | None = None,
+        fail_on: str | None = None,
+        n_ctx: int = 4096,
+        hang_on: tuple[str, Path] | None = None,
+    ) -> Ensemble:
         self.built += 1
         answers = {q: a for q, (_, a) in QA.items()}
-        alpha = answer_script(answers, self.seen, WORDS, kill_on, fail_on)
+        alpha = answer_script(answers, self.seen, WORDS, kill_on, fail_on, hang_on)
         words = ScriptedMember("alpha", WORDS, alpha, n_ctx=n_ctx)
         # Beta tokenizes by characters only: a different tokenizer, so fusion works across tokenizations.
         chars = ScriptedMember("beta", ["\n"], answer_script(answers, [], [], kill_on, fail_on), n_ctx=n_ctx)
@@ -200,6 +214,37 @@ def test_a_run_killed_mid_way_resumes_without_losing_or_repeating_items(tmp_path
     assert zoo.seen == QUESTIONS[2:]  # only the missing items were generated
     indices = [r["index"] for r in lines(out / PREDICTIONS)]
     assert sorted(indices) == list(range(N)) and len(indices) == len(set(indices))
+    assert summary["n"] == N and summary["metrics"]["em"] == pytest.approx(80.0)
+
+
+def test_a_process_killed_with_sigkill_resumes_and_held_the_directory_meanwhile(tmp_path, task, zoo):
+    out, marker = tmp_path / "run", tmp_path / "hanging"
+    driver = (
+        f"import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_runner import QUESTIONS, Zoo\n"
+        "from adafuse.config import DecodeConfig\n"
+        "from adafuse.evaluation.tasks import custom_task\n"
+        f"task = custom_task({str(task.data_path)!r}, {str(task.prompt_path)!r}, name='tiny')\n"
+        f"ens = Zoo().ensemble(hang_on=(QUESTIONS[3], Path({str(marker)!r})))\n"
+        "from adafuse.evaluation.runner import run_eval\n"
+        f"run_eval(task, ens, DecodeConfig(), {str(out)!r}, progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the driver never reached item 3"
+            time.sleep(0.05)
+        with pytest.raises(ConfigError, match="another evaluation is writing"):
+            run_eval(task, zoo.ensemble(), DecodeConfig(), out, progress=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [r["index"] for r in lines(out / PREDICTIONS)] == [0, 1, 2]
+
+    summary = run_eval(task, zoo.ensemble(), DecodeConfig(), out, progress=False)
+    assert zoo.seen == QUESTIONS[3:]
+    assert [r["index"] for r in lines(out / PREDICTIONS)] == list(range(N))
     assert summary["n"] == N and summary["metrics"]["em"] == pytest.approx(80.0)
 
 

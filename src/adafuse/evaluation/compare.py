@@ -368,6 +368,17 @@ def report_markdown(task: Task, results: Sequence[MethodResult], resamples: int 
     primary = PRIMARY_METRIC[task.kind]
     others = [k for k in results[0].summary["metrics"] if k != primary]
     first = results[0].summary
+    header = [
+        "method",
+        "models",
+        f"{primary} (95% CI)",
+        *others,
+        "n",
+        "errors",
+        "wall s",
+        "tokens eval / output token",
+        "fast-path rate",
+    ]
     how = "the corpus is resampled" if primary in ("bleu", "chrf") else "per-item scores are resampled"
     lines = [
         f"# {task.name}: method comparison",
@@ -376,11 +387,8 @@ def report_markdown(task: Task, results: Sequence[MethodResult], resamples: int 
         f"bootstrap ({resamples} resamples, seed {seed}; {how}). Compute is tokens evaluated by all members "
         "per output token. Wall seconds include model loading for the run that loaded the models.",
         "",
-        "| method | models | "
-        + f"{primary} (95% CI) | "
-        + "".join(f"{k} | " for k in others)
-        + "n | errors | wall s | tokens eval / output token | fast-path rate |",
-        "|" + "---|" * (9 + len(others)),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
     for r in results:
         s = r.summary
@@ -452,6 +460,7 @@ def plot_frontier(task: Task, results: Sequence[MethodResult], path: Path | str)
     for r in results:
         if r.compute is not None:
             groups.setdefault(r.spec.method + (f":{r.spec.member}" if r.spec.member is not None else ""), []).append(r)
+    placed = 0
     for group, members in groups.items():
         members.sort(key=lambda r: r.compute or 0.0)
         xs = [r.compute or 0.0 for r in members]
@@ -461,11 +470,22 @@ def plot_frontier(task: Task, results: Sequence[MethodResult], path: Path | str)
         line = "-" if len(members) > 1 else "none"
         ax.errorbar(xs, ys, yerr=[low, high], fmt="o", linestyle=line, capsize=3, label=group)
         for r, x, y in zip(members, xs, ys, strict=True):
-            ax.annotate(r.spec.label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    if not groups:
+            # Alternate above/below so labels of neighbouring points do not print over each other.
+            dy = 6 if placed % 2 == 0 else -14
+            placed += 1
+            ax.annotate(r.spec.label, (x, y), textcoords="offset points", xytext=(6, dy), fontsize=8)
+    plotted = [r for g in groups.values() for r in g]
+    if not plotted:
         ax.text(0.5, 0.5, "no method produced output tokens", ha="center", va="center", transform=ax.transAxes)
     else:
-        ax.legend(fontsize=8, loc="best")
+        # Scores are percentages: show at least a 10-point window so ties at one value do not look like a
+        # spread, and never beyond [0, 100] plus a margin.
+        low = min(r.interval[0] if r.interval else r.score for r in plotted)
+        high = max(r.interval[1] if r.interval else r.score for r in plotted)
+        pad = max(2.0, (10.0 - (high - low)) / 2)
+        ax.set_ylim(max(-2.0, low - pad), min(102.0, high + pad))
+        if any(len(g) > 1 for g in groups.values()):
+            ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("compute: tokens evaluated per output token (all members)")
     ax.set_ylabel(f"{primary} (%)")
     ax.set_title(f"{task.name}: score vs compute")

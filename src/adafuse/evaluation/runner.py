@@ -241,7 +241,7 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
         if key == "prompt_sha256":
             diffs.append("the prompt file's text")
         elif key == "config" and isinstance(old, dict):
-            for field in sorted(set(old) | set(value)):
+            for field in sorted((set(old) | set(value)) - {"method"}):  # the method is reported on its own
                 if old.get(field) != value.get(field):
                     diffs.append(f"config.{field}: {old.get(field)!r} now {value.get(field)!r}")
         else:
@@ -429,6 +429,7 @@ def _progress_bar(enabled: bool, label: str, total: int, completed: int) -> Iter
         yield None
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -448,7 +449,7 @@ def _progress_bar(enabled: bool, label: str, total: int, completed: int) -> Iter
         console=Console(stderr=True),
     )
     with bar:
-        tid = bar.add_task(label, total=total, completed=completed, score="")
+        tid = bar.add_task(escape(label), total=total, completed=completed, score="")
 
         def advance(score: str) -> None:
             bar.update(tid, advance=1, score=score)
@@ -484,7 +485,8 @@ def run_eval(
     Rerunning into the same ``out_dir`` resumes: items already recorded are kept and not redone (unless
     ``retry_errors``, which redoes items recorded with an error), and a directory holding a different run
     (task, prompt, method, models, decoding config or chat) raises ConfigError. The directory is locked
-    while the run writes to it. Nothing the runner did not load is closed.
+    while the run writes to it. The runner never closes the ensemble, since a factory's may be shared: use
+    :class:`LazyEnsemble` as a context manager to close what it loads.
     """
     session_start = time.perf_counter()
     if offset < 0:
