@@ -1,0 +1,726 @@
+"""Hugging Face transformers member: any local model directory, or a GGUF file dequantised by transformers.
+
+The member keeps one batch-1 KV cache (a ``DynamicCache``) and the token ids it holds. A call whose context shares
+a prefix with the cache crops it to that prefix and runs only the new tokens, so the prompt is encoded once per
+generation. ``score`` runs all candidates of a round in one right-padded batch on top of their shared prefix: the
+cache is expanded along the batch dimension (views, copied once by the first attention update) and thrown away
+afterwards, so the member's own cache is never disturbed by the candidates. Logits are computed only at the
+positions a caller reads (``logits_to_keep``): with a 49k-262k vocabulary the output projection is most of the
+cost of a short suffix.
+
+GGUF files go through transformers' GGUF loader, which dequantises to dense float32 weights; that takes tens of
+seconds, so the dequantised model and tokenizer are saved once under ``cache_dir() / "hf"`` and loaded from there
+afterwards. Nothing here ever touches the network (``local_files_only=True`` everywhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import os
+import re
+import shutil
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
+from adafuse.backends.zoo import ZOO, cache_dir, zoo_path
+from adafuse.errors import ConfigError, MemberError, ModelLoadError, ModelNotFoundError, PromptError
+
+try:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+except ImportError:  # pragma: no cover - exercised only without the extra
+    torch = None  # type: ignore[assignment]
+    transformers = None  # type: ignore[assignment]
+
+HF_EXTRA = "pip install 'adafuse[hf]'"
+_ROWS_KEPT = 16
+# Long prompts are encoded in chunks so that the attention scores of one forward stay small (chunk x context).
+_PREFILL_CHUNK = 512
+# The batched scoring cache holds the shared prefix once per candidate; past this size the batch is split.
+_BATCH_CACHE_BYTES = 1 << 30
+# Bumped when the layout of the dequantised-GGUF cache changes, so an old cache is never read as a new one.
+_GGUF_CACHE_VERSION = "v1"
+
+_DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+# Special tokens that end a turn, by text, as llama.cpp's vocabulary loader marks them end-of-generation (its FIM
+# pad/repo/file-separator tokens included), so both backends stop on the same tokens of the same model.
+_EOG_TEXTS = frozenset(
+    {
+        "<|eot_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<|return|>",
+        "<|call|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "<|eom_id|>",
+        "<EOT>",
+        "_<EOT>",
+        "[EOT]",
+        "[EOS]",
+        "<|end_of_text|>",
+        "<end_of_utterance>",
+        "<|fim_pad|>",
+        "<fim-pad>",
+        "<fim_pad>",
+        "<|fim_repo|>",
+        "<|repo_name|>",
+        "<fim-repo>",
+        "<REPO>",
+        "<reponame>",
+        "<|file_sep|>",
+    }
+)
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _require_torch() -> None:
+    if torch is None or transformers is None:
+        raise ModelLoadError(f"the transformers backend needs torch and transformers; run: {HF_EXTRA}")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, used by every byte-level BPE vocabulary."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    table = {b: chr(b) for b in printable}
+    n = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+_BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _json_types(node: Any) -> Iterator[str]:
+    """Every ``"type"`` value in a tokenizer.json component (decoders and pre-tokenizers nest in Sequences)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), str):
+            yield node["type"]
+        for value in node.values():
+            yield from _json_types(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _json_types(value)
+
+
+# -- locating and loading -----------------------------------------------------------------------------------------
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec)) and not spec.endswith(".gguf")
+
+
+def _resolve(path_or_id: str | Path, gguf_file: str | None) -> tuple[str, str | None, str]:
+    """(directory or hub id, GGUF file name or None, default member name) for a spec, or a one-line error."""
+    spec = str(path_or_id).strip()
+    if not spec:
+        raise ModelNotFoundError("empty transformers model spec; give hf:DIR, hf:FILE.gguf or hf:<built-in name>")
+    if gguf_file is None and spec in ZOO:
+        path = zoo_path(spec)
+        return str(path.parent), path.name, f"hf:{spec}"
+    path = Path(spec).expanduser()
+    if gguf_file is not None:
+        if not (path / gguf_file).is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {path / gguf_file}")
+        return str(path), gguf_file, Path(gguf_file).stem
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelNotFoundError(f"{path} is a file but not a .gguf file; give a model directory or a .gguf file")
+        return str(path.parent), path.name, path.stem
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is not a transformers model directory (no config.json in it)")
+        return str(path), None, path.name
+    if path.suffix.lower() == ".gguf" or path.is_absolute() or spec.startswith(".") or not _looks_like_hub_id(spec):
+        raise ModelNotFoundError(
+            f"transformers model not found: {spec} (not a directory, a .gguf file or a built-in name: {', '.join(ZOO)})"
+        )
+    # An "org/name" id: only a copy already in the local Hugging Face cache can be used.
+    return spec, None, spec.rsplit("/", 1)[-1]
+
+
+def _check_gguf(path: Path) -> None:
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+
+
+def _gguf_key(path: Path) -> str:
+    """Cache key of a GGUF file: its size and the hash of its first and last 4 MiB (cheap, content-based)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(f"{_GGUF_CACHE_VERSION}:{size}:".encode())
+    with path.open("rb") as f:
+        digest.update(f.read(1 << 22))
+        if size > 1 << 23:
+            f.seek(size - (1 << 22))
+        digest.update(f.read(1 << 22))
+    return f"{path.stem}-{digest.hexdigest()[:16]}"
+
+
+def _dtype_kwarg() -> str:
+    # transformers 4.56 renamed from_pretrained's ``torch_dtype`` to ``dtype``.
+    version = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    return "dtype" if version >= (4, 56) else "torch_dtype"
+
+
+def _from_pretrained(source: str, gguf_file: str | None, dtype: Any) -> tuple[Any, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{_dtype_kwarg(): dtype})
+    return model, tokenizer
+
+
+def _load_gguf(directory: str, gguf_file: str, cache_root: Path) -> tuple[Any, Any]:
+    """Dequantised float32 model and tokenizer of a GGUF file, from the on-disk cache when it is there."""
+    path = Path(directory) / gguf_file
+    _check_gguf(path)
+    target = cache_root / "hf" / _gguf_key(path)
+    if (target / "config.json").is_file():
+        try:
+            return _from_pretrained(str(target), None, torch.float32)
+        except Exception:
+            # A damaged cache entry is rebuilt rather than reported: the GGUF file itself is fine.
+            shutil.rmtree(target, ignore_errors=True)
+    try:
+        model, tokenizer = _from_pretrained(directory, gguf_file, torch.float32)
+    except ValueError as exc:
+        # transformers raises ValueError for GGUF architectures its loader does not map.
+        raise ModelLoadError(f"transformers cannot load {path}: {_first_line(exc)}") from exc
+    _save_dequantised(model, tokenizer, target)
+    return model, tokenizer
+
+
+def _save_dequantised(model: Any, tokenizer: Any, target: Path) -> None:
+    # The weights are plain tensors by now; the GGUF quantizer still attached to the model only blocks
+    # save_pretrained ("not serializable") and would make the saved config claim a GGUF quantisation.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # A complete directory appears under its final name at once, so a killed save never looks finished.
+        os.replace(tmp, target)
+    except OSError as exc:
+        if not (target / "config.json").is_file():  # another process may have won the race: that is fine
+            warnings.warn(f"could not cache the dequantised model in {target}: {_first_line(exc)}", stacklevel=3)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _device_and_dtype(device: str, dtype: str) -> tuple[Any, Any]:
+    dev = (device or "cpu").strip().lower()
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch_device = torch.device(dev)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown torch device {device!r}: {_first_line(exc)}") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but this torch build sees no CUDA device")
+    name = (dtype or "float32").strip().lower()
+    if name == "auto":
+        name = "bfloat16" if torch_device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if name not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16, auto")
+    return torch_device, getattr(torch, _DTYPES[name])
+
+
+# -- the member ------------------------------------------------------------------------------------------------
+
+
+class HFMember:
+    """A causal LM run by transformers + torch, with a rollback-able KV cache and batched candidate scoring."""
+
+    def __init__(
+        self,
+        path_or_id: str | Path,
+        name: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        gguf_file: str | None = None,
+        cache: str | Path | None = None,
+    ) -> None:
+        """``cache``: where dequantised GGUF models are kept (default ``cache_dir()``, i.e. ``ADAFUSE_CACHE``)."""
+        _require_torch()
+        source, gguf, default_name = _resolve(path_or_id, gguf_file)
+        self.name = name or default_name
+        self.source = source
+        self.gguf_file = gguf
+        torch_device, torch_dtype = _device_and_dtype(device, dtype)
+        if n_threads:
+            # Process-wide in torch: the last member loaded with an explicit count sets it for all.
+            torch.set_num_threads(n_threads)
+        try:
+            if gguf is not None:
+                model, tokenizer = _load_gguf(source, gguf, Path(cache) if cache is not None else cache_dir())
+            else:
+                model, tokenizer = _from_pretrained(source, None, torch_dtype)
+        except (ModelLoadError, ModelNotFoundError):
+            raise
+        except OSError as exc:
+            where = f"{source}/{gguf}" if gguf else source
+            if not Path(source).exists():
+                raise ModelNotFoundError(
+                    f"transformers model {source!r} is not a local directory and not in the local Hugging Face cache "
+                    "(adafuse never downloads)"
+                ) from exc
+            raise ModelLoadError(f"transformers could not load {where}: {_first_line(exc)}") from exc
+        except Exception as exc:
+            where = f"{source}/{gguf}" if gguf else source
+            raise ModelLoadError(f"transformers could not load {where}: {_first_line(exc)}") from exc
+        if not getattr(tokenizer, "is_fast", False) and not hasattr(tokenizer, "convert_ids_to_tokens"):
+            raise ModelLoadError(f"{source}: the tokenizer cannot map ids back to tokens")
+        self._model = model.to(device=torch_device, dtype=torch_dtype).eval()
+        self._tok = tokenizer
+        self.device = torch_device
+        self.dtype = torch_dtype
+        config = self._model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        out = self._model.get_output_embeddings()
+        self.n_vocab = int(out.weight.shape[0]) if out is not None else int(text_config.vocab_size)
+        max_pos = getattr(text_config, "max_position_embeddings", None)
+        self.n_ctx = min(n_ctx, int(max_pos)) if max_pos else n_ctx
+        self.stats = MemberStats()
+        template = getattr(tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # some tokenizers keep several named templates
+            template = template.get("default") or next(iter(template.values()), None)
+        self.chat_template: str | None = template or None
+        self._init_vocab()
+        self._init_forward()
+        # Token ids held in the KV cache, and the next-token log-probabilities we still hold, by position.
+        self._past: Any = DynamicCache()
+        self._cache: list[int] = []
+        self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- tokenizer ---------------------------------------------------------------------------------------------
+
+    def _init_vocab(self) -> None:
+        tok = self._tok
+        added = getattr(tok, "added_tokens_decoder", {}) or {}
+        self._special_ids = {int(i) for i, t in added.items() if getattr(t, "special", False)}
+        self._special_ids.update(int(i) for i in getattr(tok, "all_special_ids", []) or [])
+        # Added tokens keep their text verbatim, never in the vocabulary's byte-level or "\u2581" spelling.
+        self._added_text = {
+            int(i): str(getattr(t, "content", t)) for i, t in added.items() if int(i) not in self._special_ids
+        }
+        backend = getattr(tok, "backend_tokenizer", None)
+        types: set[str] = set()
+        if backend is not None:
+            spec = json.loads(backend.to_str())
+            types = set(_json_types(spec.get("decoder"))) | set(_json_types(spec.get("pre_tokenizer")))
+        self._byte_level = "ByteLevel" in types or hasattr(tok, "byte_decoder")
+        self._wordpiece = "WordPiece" in types
+        self._piece_cache: dict[int, bytes] = {}
+        # Which ids add_special_tokens puts in front of a text (BOS, usually): read off a probe, so that a
+        # post-processor that also appends EOS never leaks an EOS into a context.
+        with_special = tok.encode("a", add_special_tokens=True)
+        plain = tok.encode("a", add_special_tokens=False)
+        self._prefix: list[int] = []
+        for i in range(len(with_special) - len(plain) + 1):
+            if with_special[i : i + len(plain)] == plain:
+                self._prefix = list(with_special[:i])
+                break
+        # End of generation: every EOS the tokenizer, config and generation config name, plus end-of-turn tokens.
+        eog: set[int] = set()
+        for source in (tok, self._model.config, getattr(self._model, "generation_config", None)):
+            ids = getattr(source, "eos_token_id", None)
+            if ids is not None:
+                eog.update([int(ids)] if isinstance(ids, int) else [int(i) for i in ids])
+        for i, t in added.items():
+            if str(getattr(t, "content", t)) in _EOG_TEXTS:
+                eog.add(int(i))
+        self._eog = frozenset(eog)
+        eos = tok.eos_token_id
+        if eos is None:
+            eos = min(eog) if eog else None
+        if eos is None:
+            raise ModelLoadError(f"{self.source}: the model has no end-of-sequence token")
+        self._eos = int(eos)
+
+    def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
+        # split_special_tokens=True spells "<|im_end|>" in ordinary pieces: special text is parsed only on request.
+        ids = self._tok.encode(text, add_special_tokens=False, split_special_tokens=not special)
+        return (self._prefix + list(ids)) if bos else list(ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self._piece_cache.get(token_id)
+        if piece is None:
+            piece = self._surface(token_id)
+            self._piece_cache[token_id] = piece
+        return piece
+
+    def _surface(self, token_id: int) -> bytes:
+        if token_id in self._special_ids:
+            return b""  # control tokens print nothing, as llama.cpp renders them without special=True
+        if token_id in self._added_text:
+            return self._added_text[token_id].encode("utf-8")
+        text = self._tok.convert_ids_to_tokens(int(token_id))
+        if text is None:  # ids past the tokenizer's vocabulary (padded embedding rows)
+            return b""
+        if self._byte_level:
+            # Vocabulary tokens spell bytes as GPT-2's printable characters.
+            return b"".join(
+                bytes([_BYTE_DECODER[c]]) if c in _BYTE_DECODER else c.encode("utf-8") for c in text
+            )
+        m = _BYTE_TOKEN.fullmatch(text)
+        if m:
+            return bytes([int(m.group(1), 16)])
+        if self._wordpiece:
+            return text[2:].encode("utf-8") if text.startswith("##") else b" " + text.encode("utf-8")
+        return text.replace("\u2581", " ").encode("utf-8")
+
+    def is_eog(self, token_id: int) -> bool:
+        return token_id in self._eog
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
+
+    def special_text(self, which: str) -> str:
+        token = self._tok.bos_token if which == "bos" else self._tok.eos_token
+        return str(token) if token else ""
+
+    # -- forward passes ------------------------------------------------------------------------------------------
+
+    def _init_forward(self) -> None:
+        params = inspect.signature(self._model.forward).parameters
+        # transformers 5 renamed ``past_key_values`` to ``cache``.
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_mode = "full"
+        if "logits_to_keep" in params:
+            self._keep_mode = "index"
+            # Newer models take a 2-D boolean mask and return only the rows asked for, flattened: exactly the
+            # positions each candidate needs. Probe it once; older models index it as positions, so fall back.
+            with contextlib.suppress(Exception), torch.inference_mode():
+                ids = torch.zeros((2, 2), dtype=torch.long, device=self.device)
+                mask = torch.tensor([[True, False], [False, True]], device=self.device)
+                out = self._model(input_ids=ids, logits_to_keep=mask, use_cache=False)
+                if tuple(out.logits.shape) == (2, self.n_vocab):
+                    self._keep_mode = "mask"
+
+    def _forward(self, input_ids: Any, past: Any, start: int, keep: Any) -> Any:
+        """One forward of ``input_ids`` [B, T] at positions ``start...`` on ``past``; logits as ``keep`` selects."""
+        if self._closed:
+            raise MemberError(self.name, "the member is closed")
+        batch, length = input_ids.shape
+        positions = torch.arange(start, start + length, device=self.device).unsqueeze(0).expand(batch, -1)
+        kwargs: dict[str, Any] = {self._cache_kw: past, "use_cache": True, "position_ids": positions}
+        if keep is not None:
+            kwargs["logits_to_keep"] = keep
+        try:
+            # Right padding only ever follows the real tokens, so the causal mask alone keeps every real token from
+            # seeing a pad: no attention mask is needed, and the fast causal attention path stays available.
+            out = self._model(input_ids=input_ids, **kwargs)
+        except Exception as exc:
+            self._reset()
+            raise MemberError(self.name, f"forward pass failed: {_first_line(exc)}") from exc
+        self.stats.forward_calls += 1
+        return out.logits
+
+    def _reset(self) -> None:
+        self._past = DynamicCache()
+        self._cache.clear()
+        self._rows.clear()
+
+    def _truncate(self, n: int) -> None:
+        if n >= len(self._cache):
+            return
+        if n == 0:
+            self._reset()
+            return
+        try:
+            # A negative count removes that many tokens, in transformers 4.x and 5.x alike.
+            self._past.crop(n - len(self._cache))
+        except Exception:
+            self._reset()
+            return
+        del self._cache[n:]
+        # A row at position p depends on tokens 0..p only.
+        for pos in [p for p in self._rows if p >= n]:
+            del self._rows[pos]
+
+    def _extend(self, tokens: Sequence[int], want_last: bool) -> np.ndarray | None:
+        """Append ``tokens`` to the cache; the next-token log-probabilities after the last one if ``want_last``."""
+        if len(self._cache) + len(tokens) > self.n_ctx:
+            raise PromptError(
+                f"member {self.name!r}: context of {len(self._cache) + len(tokens)} tokens exceeds its window of "
+                f"{self.n_ctx}"
+            )
+        row = None
+        for lo in range(0, len(tokens), _PREFILL_CHUNK):
+            chunk = list(tokens[lo : lo + _PREFILL_CHUNK])
+            ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+            last = lo + _PREFILL_CHUNK >= len(tokens)
+            keep = 1 if self._keep_mode != "full" else None
+            logits = self._forward(ids, self._past, len(self._cache), keep)
+            self.stats.tokens_evaluated += len(chunk)
+            self._cache.extend(chunk)
+            if last and want_last:
+                row = torch.log_softmax(logits[0, -1].float(), dim=-1).cpu().numpy()
+        return row
+
+    def _remember(self, pos: int, row: np.ndarray) -> None:
+        self._rows[pos] = row
+        self._rows.move_to_end(pos)
+        while len(self._rows) > _ROWS_KEPT:
+            self._rows.popitem(last=False)
+
+    def _hold(self, prefix: Sequence[int]) -> None:
+        """Make the cache hold exactly ``prefix``, evaluating only what it does not already hold."""
+        keep = common_prefix_len(self._cache, prefix)
+        self._truncate(keep)
+        self.stats.tokens_reused += keep
+        if keep < len(prefix):
+            self._extend(prefix[keep:], want_last=False)
+
+    def _row_after(self, context: Sequence[int]) -> np.ndarray:
+        """Next-token log-probabilities after ``context``; the cache then holds exactly ``context``."""
+        if not context:
+            raise PromptError(f"member {self.name!r}: empty context")
+        n = len(context)
+        keep = common_prefix_len(self._cache, context)
+        if keep == n and (n - 1) in self._rows:
+            self._truncate(n)
+            self.stats.tokens_reused += n
+            self._rows.move_to_end(n - 1)
+            return self._rows[n - 1]
+        # The last token is re-run when its row was not kept: a row cannot be had without a forward.
+        keep = min(keep, n - 1)
+        self._truncate(keep)
+        self.stats.tokens_reused += keep
+        row = self._extend(context[keep:], want_last=True)
+        assert row is not None
+        self._remember(n - 1, row)
+        return row
+
+    # -- primitives --------------------------------------------------------------------------------------------
+
+    def next_token(self, context: Sequence[int], k: int) -> TopK:
+        with self._lock, torch.inference_mode():
+            row = self._row_after(context)
+        k = max(1, min(k, row.shape[0]))
+        idx = np.argpartition(-row, k - 1)[:k]
+        # Sort by log-probability, then by id, so equal values give the same order on every run.
+        order = np.lexsort((idx, -row[idx]))
+        top = idx[order]
+        return TopK(tuple(int(t) for t in top), tuple(float(row[t]) for t in top))
+
+    def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
+        with self._lock, torch.inference_mode():
+            row = self._row_after(context)
+        return [float(row[t]) for t in token_ids]
+
+    def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
+        with self._lock, torch.inference_mode():
+            return self._score(requests)
+
+    def _score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
+        out: list[list[float]] = [[] for _ in requests]
+        live = [i for i, (_, cont) in enumerate(requests) if cont]
+        if not live:
+            return out
+        ctxs = [list(requests[i][0]) for i in live]
+        conts = [list(requests[i][1]) for i in live]
+        if any(not c for c in ctxs):
+            raise PromptError(f"member {self.name!r}: empty context")
+        # A continuation's last token is scored by the row before it and never needs evaluating itself.
+        seqs = [c + t[:-1] for c, t in zip(ctxs, conts, strict=True)]
+        longest = max(len(s) for s in seqs)
+        if longest > self.n_ctx:
+            raise PromptError(f"member {self.name!r}: context of {longest} tokens exceeds its window of {self.n_ctx}")
+        # The shared prefix is encoded once (usually it is already cached): everything up to the shortest context.
+        base = min(len(c) for c in ctxs)
+        for s in seqs[1:]:
+            base = min(base, common_prefix_len(seqs[0], s))
+        first_row = None
+        reused = self.stats.tokens_reused
+        if any(len(c) == base for c in ctxs):
+            first_row = self._row_after(seqs[0][:base])
+        else:
+            self._hold(seqs[0][:base])
+        # Suffix index j of request r holds the row predicting cont[len(base..ctx) + j]; j = -1 is first_row.
+        suffixes = [s[base:] for s in seqs]
+        starts = [len(c) - 1 - base for c in ctxs]
+        lps: list[list[float]] = [[] for _ in live]
+        for r, cont in enumerate(conts):
+            if starts[r] < 0:
+                assert first_row is not None
+                lps[r].append(float(first_row[cont[0]]))
+        batch = [r for r in range(len(live)) if suffixes[r]]
+        if len(batch) == 1:
+            self._score_on_cache(batch[0], base, suffixes, starts, conts, lps)
+        elif batch:
+            self._score_batched(batch, base, suffixes, starts, conts, lps)
+        # Counted per request, as if each had been run on its own: every one reused the shared prefix.
+        self.stats.tokens_reused = reused + base * len(live)
+        for r, i in enumerate(live):
+            out[i] = lps[r]
+        return out
+
+    def _score_on_cache(
+        self,
+        r: int,
+        base: int,
+        suffixes: list[list[int]],
+        starts: list[int],
+        conts: list[list[int]],
+        lps: list[list[float]],
+    ) -> None:
+        """One candidate: run it on the member's own cache, which then holds it (it may well win the round)."""
+        suffix = suffixes[r]
+        first = max(starts[r], 0)
+        ids = torch.tensor([suffix], dtype=torch.long, device=self.device)
+        wanted = list(range(first, len(suffix)))
+        keep = self._keep_for([wanted], len(suffix))
+        logits = self._forward(ids, self._past, base, keep)
+        self.stats.tokens_evaluated += len(suffix)
+        self._cache.extend(suffix)
+        rows = self._rows_of(logits, [wanted], len(suffix))[0]
+        targets = conts[r][len(conts[r]) - len(wanted) :]
+        lps[r].extend(self._gather(rows, targets))
+
+    def _score_batched(
+        self,
+        batch: list[int],
+        base: int,
+        suffixes: list[list[int]],
+        starts: list[int],
+        conts: list[list[int]],
+        lps: list[list[float]],
+    ) -> None:
+        """Several candidates: one right-padded batch on a batch-expanded view of the shared prefix's cache."""
+        kv = _layer_kv(self._past)
+        per_token = sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in kv if k is not None)
+        for group in self._groups(batch, base, suffixes, per_token):
+            width = max(len(suffixes[r]) for r in group)
+            ids = torch.zeros((len(group), width), dtype=torch.long, device=self.device)
+            for b, r in enumerate(group):
+                ids[b, : len(suffixes[r])] = torch.tensor(suffixes[r], dtype=torch.long)
+            wanted = [list(range(max(starts[r], 0), len(suffixes[r]))) for r in group]
+            past = _expanded(kv, len(group))
+            logits = self._forward(ids, past, base, self._keep_for(wanted, width))
+            del past
+            self.stats.tokens_evaluated += sum(len(suffixes[r]) for r in group)
+            for r, rows, want in zip(group, self._rows_of(logits, wanted, width), wanted, strict=True):
+                lps[r].extend(self._gather(rows, conts[r][len(conts[r]) - len(want) :]))
+
+    def _groups(self, batch: list[int], base: int, suffixes: list[list[int]], per_token: int) -> Iterator[list[int]]:
+        """Split the batch so that its expanded cache stays under ``_BATCH_CACHE_BYTES``."""
+        width = max(len(suffixes[r]) for r in batch)
+        rows = max(1, _BATCH_CACHE_BYTES // max(1, per_token * (base + width)))
+        for lo in range(0, len(batch), rows):
+            yield batch[lo : lo + rows]
+
+    def _keep_for(self, wanted: list[list[int]], width: int) -> Any:
+        if self._keep_mode == "mask":
+            mask = torch.zeros((len(wanted), width), dtype=torch.bool, device=self.device)
+            for b, want in enumerate(wanted):
+                mask[b, want] = True
+            return mask
+        if self._keep_mode == "index":
+            lo = min(w[0] for w in wanted)
+            hi = max(w[-1] for w in wanted)
+            return torch.arange(lo, hi + 1, device=self.device)
+        return None
+
+    def _rows_of(self, logits: Any, wanted: list[list[int]], width: int) -> list[Any]:
+        """Per batch row, the logits at its wanted suffix positions, as [len(wanted[b]), vocab] tensors."""
+        if self._keep_mode == "mask":
+            # Flattened in row-major order of the mask: row b's positions follow row b-1's.
+            out, at = [], 0
+            for want in wanted:
+                out.append(logits[at : at + len(want)])
+                at += len(want)
+            return out
+        lo = min(w[0] for w in wanted) if self._keep_mode == "index" else 0
+        return [logits[b, [p - lo for p in want]] for b, want in enumerate(wanted)]
+
+    @staticmethod
+    def _gather(rows: Any, targets: Sequence[int]) -> list[float]:
+        logp = torch.log_softmax(rows.float(), dim=-1)
+        idx = torch.tensor(list(targets), dtype=torch.long, device=logp.device)
+        return [float(x) for x in logp.gather(1, idx[:, None])[:, 0].cpu()]
+
+    def greedy(
+        self,
+        context: Sequence[int],
+        max_tokens: int,
+        k: int,
+        until: Callable[[list[int]], bool] | None = None,
+    ) -> list[Step]:
+        # Each step is one forward of one token on the cache: plain argmax, no generate() sampling defaults.
+        return greedy_by_steps(self, context, max_tokens, k, until)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._past = None
+        self._cache = []
+        self._rows.clear()
+        self._model = None
+        if torch is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _layer_kv(cache: Any) -> list[tuple[Any, Any]]:
+    """The (keys, values) tensors of every layer: ``cache.layers`` since transformers 4.54, lists before."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in layers]
+    return list(zip(getattr(cache, "key_cache", []), getattr(cache, "value_cache", []), strict=True))
+
+
+def _expanded(kv: list[tuple[Any, Any]], batch: int) -> Any:
+    """A fresh cache whose every row is the given batch-1 cache: expanded views, materialised by ``update``."""
+    past = DynamicCache()
+    for idx, (k, v) in enumerate(kv):
+        if k is None or k.numel() == 0:
+            break
+        past.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), idx)
+    return past
