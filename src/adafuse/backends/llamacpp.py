@@ -34,12 +34,6 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 _init_lock = threading.Lock()
 _initialised = False
 _ROWS_KEPT = 16
-# llama.cpp switches matrix kernels with the batch shape: for the K-quant models here (Gemma, Qwen) a token
-# decoded together with others gets logits up to ~2 apart from the same token decoded alone (measured), and
-# which shapes agree is not stable. Continuations are therefore scored one token per call, exactly as a
-# proposer computes them while writing: a candidate gets the same log-probabilities whoever wrote it, so a
-# member never prefers its own candidates through numerical noise.
-_SCORING_CHUNK = 1
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -166,21 +160,14 @@ class LlamaCppMember:
 
     # -- cache ---------------------------------------------------------------------------------------------------
 
-    def _decode(
-        self, tokens: Sequence[int], start: int, want: Sequence[bool], on_row: Callable[[int, np.ndarray], None]
-    ) -> None:
-        """Evaluate ``tokens`` at positions ``start...``; call ``on_row(i, logits)`` where ``want[i]``.
-
-        The logits array is a view into llama.cpp's buffer, valid only inside the callback: rows of a 262k
-        vocabulary are 1 MiB each, so they are copied only when a caller keeps one.
-        """
+    def _decode(self, tokens: Sequence[int], start: int) -> None:
+        """Evaluate ``tokens`` at positions ``start...`` and remember the next-token row after the last one."""
         if start + len(tokens) > self.n_ctx:
             raise PromptError(
                 f"member {self.name!r}: context of {start + len(tokens)} tokens exceeds its window of {self.n_ctx}"
             )
-        step = self.n_batch if sum(want) <= 1 else _SCORING_CHUNK
-        for lo in range(0, len(tokens), step):
-            chunk = tokens[lo : lo + step]
+        for lo in range(0, len(tokens), self.n_batch):
+            chunk = tokens[lo : lo + self.n_batch]
             b = self._batch
             b.n_tokens = len(chunk)
             for i, tok in enumerate(chunk):
@@ -188,7 +175,7 @@ class LlamaCppMember:
                 b.pos[i] = start + lo + i
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = 0
-                b.logits[i] = want[lo + i]
+                b.logits[i] = lo + i == len(tokens) - 1
             rc = llama_cpp.llama_decode(self._ctx, b)
             self.stats.forward_calls += 1
             self.stats.tokens_evaluated += len(chunk)
@@ -196,10 +183,8 @@ class LlamaCppMember:
                 self._reset()
                 raise MemberError(self.name, f"llama_decode failed with code {rc}")
             self._cache.extend(chunk)
-            for i in range(len(chunk)):
-                if want[lo + i]:
-                    ptr = llama_cpp.llama_get_logits_ith(self._ctx, i)
-                    on_row(lo + i, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
+        self._remember(start + len(tokens) - 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
 
     def _reset(self) -> None:
         llama_cpp.llama_memory_clear(self._mem, True)
@@ -228,15 +213,14 @@ class LlamaCppMember:
         n = len(context)
         keep = common_prefix_len(self._cache, context)
         if keep == n and (n - 1) in self._rows:
-            self._truncate(n)
+            # Cached tokens beyond the context stay: the next call may walk on along the same path.
             self.stats.tokens_reused += n
             self._rows.move_to_end(n - 1)
             return self._rows[n - 1]
         keep = min(keep, n - 1)
         self._truncate(keep)
         self.stats.tokens_reused += keep
-        todo = list(context[keep:])
-        self._decode(todo, keep, [False] * (len(todo) - 1) + [True], lambda i, row: self._remember(n - 1, row))
+        self._decode(list(context[keep:]), keep)
         return self._rows[n - 1]
 
     # -- primitives --------------------------------------------------------------------------------------------
@@ -261,19 +245,17 @@ class LlamaCppMember:
             return [self._score_one(context, cont) if cont else [] for context, cont in requests]
 
     def _score_one(self, context: Sequence[int], cont: Sequence[int]) -> list[float]:
-        logits, lse = self._row_after(context)
-        lps = [float(logits[cont[0]] - lse)]
-        last = len(cont) - 2
-
-        def take(i: int, row: np.ndarray) -> None:
-            lps.append(float(row[cont[i + 1]]) - _logsumexp(row))
-            if i == last:
-                # If this candidate wins, the next round starts right here.
-                self._remember(len(context) + last, row)
-
-        if len(cont) > 1:
-            # The last token's own distribution is not needed to score it.
-            self._decode(list(cont[:-1]), len(context), [True] * (len(cont) - 1), take)
+        # One token per step, through the same cache as proposals: rows a draft already walked are reused, and
+        # the numbers are exactly a proposer's. llama.cpp switches matrix kernels with the batch shape: for the
+        # K-quant models here (Gemma, Qwen) a token decoded together with others gets logits up to ~2 apart from
+        # the same token decoded alone (measured), so batched scoring would let a member prefer its own
+        # candidates through numerical noise.
+        ids = list(context)
+        lps: list[float] = []
+        for tok in cont:
+            logits, lse = self._row_after(ids)
+            lps.append(float(logits[tok] - lse))
+            ids.append(tok)
         return lps
 
     def greedy(

@@ -39,7 +39,7 @@ class DraftWriter:
         self.tokens.append(token)
         self.logprobs.append(top.logprobs[top.ids.index(token)] if token in top.ids else float("-inf"))
         if member.is_eog(token):
-            return self._finish(self.text, eos=True, n_tokens=len(self.tokens) - 1, with_eos=True)
+            return self._finish(self.text, eos=True)
         self._bytes.extend(member.token_bytes(token))
         text = self.text
         ends = word_ends(text)
@@ -55,14 +55,14 @@ class DraftWriter:
                 return self._finish_at(text[: ends[-1]])
         cut = self._stop_cut(text)
         if cut is not None:
-            return self._finish(text[:cut], eos=False, n_tokens=None)
+            return self._finish(text[:cut])
         if len(self.tokens) >= self.max_tokens or self._context_full():
-            return self._finish(text, eos=False, n_tokens=len(self.tokens))
+            return self._finish(text)
         return None
 
     def _finish_at(self, text: str) -> Draft:
         cut = self._stop_cut(text)
-        return self._finish(text if cut is None else text[:cut], eos=False, n_tokens=None)
+        return self._finish(text if cut is None else text[:cut])
 
     @property
     def text(self) -> str:
@@ -95,28 +95,9 @@ class DraftWriter:
         view = self.state.views[self.member]
         return len(self.state.context(self.member)) + len(self.tokens) >= view.member.n_ctx - 1
 
-    def _finish(self, text: str, eos: bool, n_tokens: int | None, with_eos: bool = False) -> Draft:
-        """Build the draft; keep the member's own log-probabilities only when its tokens spell exactly ``text``."""
-        member = self.state.views[self.member].member
-        if n_tokens is None:
-            n_tokens = self._tokens_spelling(text)
-        if n_tokens is None:
-            return Draft(text, eos, self.member, [], [])
-        end = n_tokens + (1 if with_eos else 0)
-        toks = self.tokens[:end]
-        if with_eos and toks and toks[-1] != member.eos_id:
-            return Draft(text, eos, self.member, [], [])
-        return Draft(text, eos, self.member, toks, self.logprobs[:end])
-
-    def _tokens_spelling(self, text: str) -> int | None:
-        member = self.state.views[self.member].member
-        data = text.encode("utf-8")
-        acc = b""
-        for n, tok in enumerate(self.tokens):
-            if acc == data:
-                return n
-            acc += member.token_bytes(tok)
-        return len(self.tokens) if acc == data else None
+    def _finish(self, text: str, eos: bool = False) -> Draft:
+        # Every token walked is kept, beyond the text too: scoring reuses any prefix of this path for free.
+        return Draft(text, eos, self.member, list(self.tokens), list(self.logprobs))
 
 
 def write_draft(state: DecodeState, member: int, first: Step, writer: DraftWriter) -> Draft:

@@ -22,7 +22,11 @@ from adafuse.result import Candidate
 
 @dataclass
 class Draft:
-    """A candidate as one member wrote it, with the token ids and log-probabilities it already computed."""
+    """A candidate as one member wrote it, with the tokens it walked and their log-probabilities.
+
+    ``tokens`` may run past ``text`` (the token that showed the word had ended): any prefix of the path is a
+    score the member already has.
+    """
 
     text: str
     eos: bool
@@ -92,9 +96,17 @@ def _plan(view: MemberView, ctx: list[int], committed: str, cand: Candidate) -> 
     return _Plan((head, tuple(new)), tail, extension, max(1, len(new) - (len(tail[1]) if tail else 0)))
 
 
-def _own_logprobs(member: int, ctx_len: int, drafts: list[Draft]) -> dict[tuple[int, tuple[int, ...]], float]:
-    """The proposer already has the log-probabilities of its own tokens: no second pass for them."""
-    return {(ctx_len, tuple(d.tokens)): sum(d.logprobs) for d in drafts if d.member == member and d.tokens}
+def _own_logprobs(member: int, ctx_len: int, drafts: list[Draft]) -> dict[Key, float]:
+    """The proposer already has the log-probabilities of every prefix of the paths it walked: no second pass."""
+    known: dict[Key, float] = {}
+    for d in drafts:
+        if d.member != member:
+            continue
+        total = 0.0
+        for k, lp in enumerate(d.logprobs):
+            total += lp
+            known[(ctx_len, tuple(d.tokens[: k + 1]))] = total
+    return known
 
 
 def _norm(mode: str, cand: Candidate, n_tokens: int) -> float:

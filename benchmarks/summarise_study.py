@@ -1,0 +1,40 @@
+"""Collect the per-task comparison reports of a study into one table (markdown), with the six-task average.
+
+Usage: python benchmarks/summarise_study.py OUT_DIR [--tasks triviaqa,nq,...]
+Reads OUT_DIR/<task>/report.json written by `adafuse compare`; prints the table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TASKS = ("triviaqa", "nq", "squad", "gsm8k", "flores-en-de", "flores-de-en")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    args = ap.parse_args()
+    tasks = [t for t in args.tasks.split(",") if (args.out / t / "report.json").is_file()]
+    scores: dict[str, dict[str, tuple[float, int, float]]] = {}
+    for task in tasks:
+        report = json.loads((args.out / task / "report.json").read_text())
+        for row in report["methods"]:
+            scores.setdefault(row["label"], {})[task] = (row["score"], row["n"], row["tokens_per_output_token"])
+    metric = {t: json.loads((args.out / t / "report.json").read_text())["methods"][0]["metric"] for t in tasks}
+    head = " | ".join(f"{t} ({metric[t]}, n={max(s[t][1] for s in scores.values() if t in s)})" for t in tasks)
+    print(f"| method | {head} | average | tokens eval / output token (mean) |")
+    print("|---" * (len(tasks) + 3) + "|")
+    for label, per in scores.items():
+        cells = [f"{per[t][0]:.1f}" if t in per else "-" for t in tasks]
+        full = all(t in per for t in tasks)
+        avg = f"{sum(per[t][0] for t in tasks) / len(tasks):.2f}" if full else "-"
+        cost = sum(v[2] for v in per.values()) / len(per)
+        print(f"| {label} | {' | '.join(cells)} | {avg} | {cost:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
