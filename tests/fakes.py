@@ -82,6 +82,11 @@ class ScriptedMember:
         self._cache = list(context)
         return out
 
+    def prefill(self, context: Sequence[int]) -> None:
+        self.stats.forward_calls += 1
+        self.stats.tokens_evaluated += len(context)
+        self._cache = list(context)
+
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         lps = self._logprobs(context)
         order = sorted(range(len(lps)), key=lambda t: (-lps[t], t))[:k]

@@ -4,6 +4,7 @@ determinism and the prefix cache."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -113,10 +114,13 @@ def test_output_is_identical_across_runs_and_the_prefix_cache_is_used(zoo_member
 
     assert stable(first) == stable(second)
     for tel in second.telemetry.members:
-        # The prompt is already cached from the first run: each round costs a few tokens, not a prefill.
-        per_round = tel.tokens_evaluated / second.telemetry.rounds
-        assert per_round < tel.prompt_tokens / 8, (tel, second.telemetry.rounds)
-        assert tel.tokens_reused > tel.prompt_tokens
+        # The prompt is cached from the first run: only its part after the last whole 64-token chunk is decoded
+        # again (so that the answer cannot depend on history), then each round costs a few tokens, not a prefill.
+        redone = tel.prompt_tokens % 64 or 64
+        assert tel.tokens_reused >= tel.prompt_tokens - redone
+        per_round = (tel.tokens_evaluated - redone) / second.telemetry.rounds
+        assert per_round < 20, (tel, second.telemetry.rounds)
+        assert tel.tokens_evaluated < tel.prompt_tokens / 2
 
 
 def test_prefix_cache_turns_a_grown_context_into_new_tokens_only(zoo_members):
@@ -127,3 +131,16 @@ def test_prefix_cache_turns_a_grown_context_into_new_tokens_only(zoo_members):
     grown = m.tokenize("The quick brown fox jumps over the lazy dog. " * 10 + "And then")
     m.next_token(grown, 5)
     assert m.stats.tokens_evaluated - before.tokens_evaluated <= len(grown) - len(ctx) + 1
+
+
+def test_an_answer_does_not_depend_on_what_ran_before(zoo_members, shared_data):
+    prompt = (shared_data / "triviaqa" / "prompt.txt").read_text().strip()
+    first = prompt + "\n\nQuestion: Who founded the modern Olympic Games?\nAnswer:"
+    other = prompt + "\n\nQuestion: What is the capital of Australia?\nAnswer:"
+    ens = Ensemble(zoo_members)
+    cfg = DecodeConfig(stop=("\n",), max_new_tokens=16)
+    alone = ens.generate(first, cfg)
+    ens.generate(other, cfg)
+    after_other = ens.generate(first, cfg)
+    assert [asdict(r) for r in alone.rounds] == [asdict(r) for r in after_other.rounds]
+    assert alone.text == after_other.text

@@ -83,6 +83,10 @@ class Member(Protocol):
         """The text of the ``bos`` or ``eos`` token, for chat templates that print them."""
         ...
 
+    def prefill(self, context: Sequence[int]) -> None:
+        """Start of a request: evaluate ``context`` so that later results do not depend on earlier requests."""
+        ...
+
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         """Top-k next tokens after ``context``."""
         ...

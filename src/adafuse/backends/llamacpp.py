@@ -34,6 +34,10 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 _init_lock = threading.Lock()
 _initialised = False
 _ROWS_KEPT = 16
+# Prompts are decoded in chunks whose boundaries sit at fixed positions. llama.cpp's numbers for a token depend
+# on the batch it was decoded in, so a prompt must always be cut the same way, whatever ran before, for the same
+# request to give the same answer byte for byte (see ``prefill``).
+_CHUNK = 64
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -166,8 +170,10 @@ class LlamaCppMember:
             raise PromptError(
                 f"member {self.name!r}: context of {start + len(tokens)} tokens exceeds its window of {self.n_ctx}"
             )
-        for lo in range(0, len(tokens), self.n_batch):
-            chunk = tokens[lo : lo + self.n_batch]
+        lo = 0
+        while lo < len(tokens):
+            pos = start + lo
+            chunk = tokens[lo : lo + (_CHUNK - pos % _CHUNK)]
             b = self._batch
             b.n_tokens = len(chunk)
             for i, tok in enumerate(chunk):
@@ -183,6 +189,7 @@ class LlamaCppMember:
                 self._reset()
                 raise MemberError(self.name, f"llama_decode failed with code {rc}")
             self._cache.extend(chunk)
+            lo += len(chunk)
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
         self._remember(start + len(tokens) - 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
 
@@ -224,6 +231,21 @@ class LlamaCppMember:
         return self._rows[n - 1]
 
     # -- primitives --------------------------------------------------------------------------------------------
+
+    def prefill(self, context: Sequence[int]) -> None:
+        """Start of a request: reuse only whole chunks of a cached prefix, so nothing depends on history.
+
+        A shared few-shot prompt is still decoded once; the rest of the prompt is decoded from the last chunk
+        boundary, exactly as it would be on a fresh member.
+        """
+        with self._lock:
+            self._rows.clear()
+            n = len(context)
+            keep = min(common_prefix_len(self._cache, context), n - 1)
+            keep -= keep % _CHUNK
+            self._truncate(keep)
+            self.stats.tokens_reused += keep
+            self._decode(list(context[keep:]), keep)
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock:

@@ -25,6 +25,8 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     start = time.perf_counter()
     before = {v.name: v.member.stats.snapshot() for v in state.views}
     prompt_tokens = {v.name: len(v.ids("")) for v in state.views}
+    for i in state.active:
+        state.views[i].member.prefill(state.context(i))
     rounds: list[Round] = []
     finish = ""
     while not finish:
