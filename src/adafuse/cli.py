@@ -46,13 +46,20 @@ def parse_models(models: str | None) -> list[str] | None:
     return specs
 
 
-def parse_weights(weights: str | None) -> tuple[float, ...] | None:
+def parse_weights(weights: str | None, specs: list[str] | None = None) -> tuple[float, ...] | None:
+    """``a,b,c``, or a weights file written by ``adafuse calibrate`` (checked against the members)."""
     if weights is None:
         return None
+    if weights.endswith(".json"):
+        from adafuse.backends import DEFAULT_ENSEMBLE
+        from adafuse.evaluation.calibrate import load_weights
+        from adafuse.evaluation.runner import spec_name
+
+        return load_weights(weights, [spec_name(s) for s in specs or DEFAULT_ENSEMBLE])
     try:
         return tuple(float(w) for w in weights.split(","))
     except ValueError:
-        fail(f"--weights must be comma-separated numbers, got {weights!r}")
+        fail(f"--weights must be comma-separated numbers or a weights .json file, got {weights!r}")
         raise
 
 
@@ -85,7 +92,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             stop=tuple(unescape(s) for s in stop or ()),
             stop_at_boxed=boxed,
-            weights=parse_weights(weights),
+            weights=parse_weights(weights, parse_models(models)),
             single_member=member,
         )
         text = unescape(prompt)

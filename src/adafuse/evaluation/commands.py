@@ -28,7 +28,9 @@ OffsetOpt = Annotated[int, typer.Option(min=0, help="Skip this many items first.
 ThetaOpt = Annotated[float, typer.Option(help="Margin a member needs to count as confident.")]
 MaxWordsOpt = Annotated[int, typer.Option("--max-words", help="Longest span in words per round.")]
 BeamOpt = Annotated[int, typer.Option(help="First tokens an uncertain member branches on (B).")]
-WeightsOpt = Annotated[str | None, typer.Option(help="Member weights, comma-separated.")]
+WeightsOpt = Annotated[
+    str | None, typer.Option(help="Member weights: comma-separated, or a weights .json from `adafuse calibrate`.")
+]
 ChatOpt = Annotated[bool, typer.Option(help="Render prompts with each member's chat template.")]
 NCtxOpt = Annotated[int, typer.Option("--n-ctx", help="Context window per member.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads per member.")]
@@ -117,7 +119,7 @@ def eval_command(
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
         names = [spec_name(s) for s in specs]
         base = DecodeConfig(
-            theta=theta, max_words=max_words, beam=beam, weights=parse_weights(weights), single_member=member
+            theta=theta, max_words=max_words, beam=beam, weights=parse_weights(weights, specs), single_member=member
         )
         cfg = spec.config(base, names)
         if cfg.method == "single":
@@ -190,7 +192,7 @@ def compare_command(
         bench = build_task(task, data_dir, data, prompt, kind)
         labels = split_methods(methods)
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
-        base = DecodeConfig(theta=theta, max_words=max_words, beam=beam, weights=parse_weights(weights))
+        base = DecodeConfig(theta=theta, max_words=max_words, beam=beam, weights=parse_weights(weights, specs))
         with LazyEnsemble(specs, n_ctx=n_ctx, n_threads=threads) as lazy:
             results = run_compare(
                 bench,
@@ -216,7 +218,46 @@ def compare_command(
     err.print(f"wrote {out / REPORT} and {out / FRONTIER}", markup=False)
 
 
+def calibrate_command(
+    task: TaskOpt = None,
+    models: ModelsOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="Calibration items.")] = 50,
+    offset: OffsetOpt = 0,
+    out: Annotated[Path | None, typer.Option(help="Output folder; default runs/calibrate/<task>.")] = None,
+    chat: ChatOpt = False,
+    n_ctx: NCtxOpt = 4096,
+    threads: ThreadsOpt = None,
+    data_dir: DataDirOpt = None,
+    data: DataOpt = None,
+    prompt: PromptOpt = None,
+    kind: KindOpt = "qa",
+    progress: ProgressOpt = True,
+) -> None:
+    """Weigh members by how well each does alone on dev items; writes OUT/weights.json for --weights."""
+    from adafuse.backends import DEFAULT_ENSEMBLE
+    from adafuse.cli import fail, parse_models
+    from adafuse.cli import out as stdout
+    from adafuse.evaluation.calibrate import calibrate
+    from adafuse.evaluation.runner import LazyEnsemble, spec_name
+
+    try:
+        _check_n_ctx(n_ctx)
+        bench = build_task(task, data_dir, data, prompt, kind)
+        specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
+        out_dir = out if out is not None else Path("runs") / "calibrate" / bench.name
+        with LazyEnsemble(specs, n_ctx=n_ctx, n_threads=threads) as lazy:
+            record = calibrate(bench, lazy, [spec_name(s) for s in specs], out_dir, offset, limit, chat, progress)
+    except AdafuseError as exc:
+        fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        interrupted()
+        return
+    stdout.print(json.dumps(record), markup=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``eval`` and ``compare`` commands to the CLI."""
+    """Add the ``eval``, ``compare`` and ``calibrate`` commands to the CLI."""
     app.command("eval")(eval_command)
     app.command("compare")(compare_command)
+    app.command("calibrate")(calibrate_command)
