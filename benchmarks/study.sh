@@ -1,32 +1,37 @@
 #!/usr/bin/env bash
 # The dev-set study behind docs/RESULTS.md: every method on the six tasks with the three built-in models.
-# Usage: bash benchmarks/study.sh OUT_DIR [PART]   PART: qa | long | sweep | chat | all (default all)
+# Usage: bash benchmarks/study.sh OUT_DIR [PART]    PART: qa | long | sweep | all (default all)
 # Resumable: rerun the same command after an interruption and finished items are kept.
-# Sizes can be raised with N_TRIVIA, N_NQ, N_SQUAD, N_GSM8K, N_FLORES (defaults below are what we ran here).
+# Calibration (member weights) uses dev rows that the evaluation does not: rows [0, N_CAL) of each task, while
+# the evaluation starts at EVAL_OFFSET. Sizes are environment variables; the defaults are what we ran here.
 set -euo pipefail
 out="${1:?usage: study.sh OUT_DIR [PART]}"
 part="${2:-all}"
-threads="${THREADS:-1}"
-base=(--threads "$threads" --n-ctx 4096)
+base=(--threads "${THREADS:-1}" --n-ctx 4096)
 methods="single:0,single:1,single:2,adafuse,token,span,sample"
-sweep="adafuse@theta=0.3,adafuse@theta=0.5,adafuse@theta=0.9,adafuse@beam=1,adafuse@theta=0.5,beam=1"
-run() { adafuse compare "${base[@]}" "$@"; }
+
+# task eval_offset eval_n cal_n
+qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-50} ${N_CAL:-40}" "squad 100 ${N_SQUAD:-25} ${N_CAL:-25}")
+long_tasks=("flores-en-de 100 ${N_FLORES:-10} ${N_CAL_LONG:-10}" "flores-de-en 100 ${N_FLORES:-10} ${N_CAL_LONG:-10}"
+  "gsm8k 50 ${N_GSM8K:-8} ${N_CAL_LONG:-10}")
+
+study_task() {
+  local task=$1 offset=$2 n=$3 ncal=$4
+  adafuse calibrate "${base[@]}" --task "$task" --limit "$ncal" --out "$out/calibrate/$task"
+  local w
+  w=$(python -c "import json,sys; print('/'.join(str(x) for x in json.load(open(sys.argv[1]))['weights']))" \
+    "$out/calibrate/$task/weights.json")
+  adafuse compare "${base[@]}" --task "$task" --methods "$methods,adafuse@weights=$w" --offset "$offset" \
+    --limit "$n" --out "$out/$task"
+}
 
 if [[ "$part" == qa || "$part" == all ]]; then
-  run --task triviaqa --methods "$methods" --offset 1500 --limit "${N_TRIVIA:-100}" --out "$out/triviaqa"
-  run --task nq --methods "$methods" --limit "${N_NQ:-100}" --out "$out/nq"
-  run --task squad --methods "$methods" --limit "${N_SQUAD:-50}" --out "$out/squad"
+  for spec in "${qa_tasks[@]}"; do study_task $spec; done
 fi
 if [[ "$part" == long || "$part" == all ]]; then
-  run --task flores-en-de --methods "$methods" --limit "${N_FLORES:-30}" --out "$out/flores-en-de"
-  run --task flores-de-en --methods "$methods" --limit "${N_FLORES:-30}" --out "$out/flores-de-en"
-  run --task gsm8k --methods "$methods" --limit "${N_GSM8K:-20}" --out "$out/gsm8k"
+  for spec in "${long_tasks[@]}"; do study_task $spec; done
 fi
 if [[ "$part" == sweep || "$part" == all ]]; then
-  run --task triviaqa --methods "adafuse,$sweep" --offset 1500 --limit "${N_TRIVIA:-100}" --out "$out/triviaqa"
-  run --task nq --methods "adafuse,$sweep" --limit "${N_NQ:-100}" --out "$out/nq"
-fi
-if [[ "$part" == chat || "$part" == all ]]; then
-  run --task triviaqa --chat --methods "single:0,single:2,adafuse" --offset 1500 --limit "${N_TRIVIA:-100}" \
-    --out "$out/triviaqa-chat"
+  adafuse compare "${base[@]}" --task triviaqa --offset 1500 --limit "${N_TRIVIA:-50}" --out "$out/triviaqa" \
+    --methods "adafuse,adafuse@theta=0.3,adafuse@theta=0.5,adafuse@theta=0.9,adafuse@beam=1"
 fi
