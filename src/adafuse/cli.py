@@ -142,6 +142,10 @@ from adafuse.evaluation.commands import register  # noqa: E402
 
 register(app)
 
+from adafuse.report.commands import register as register_report  # noqa: E402
+
+register_report(app)
+
 
 def main() -> None:
     app()

@@ -306,9 +306,9 @@ def _run_item(ens: Ensemble, task: Task, config: DecodeConfig, item: Item, chat:
             finish_reason=result.finish_reason,
             rounds=result.telemetry.rounds,
             telemetry=asdict(result.telemetry),
-            # The per-round trace (who proposed what, every member's scores): what `adafuse report` draws
-            # and what explains a wrong answer.
-            trace=[asdict(r) for r in result.rounds],
+            # The whole result with its per-round trace (who proposed what, every member's scores): what
+            # `adafuse report` draws and what explains a wrong answer.
+            trace=result.to_dict(),
         )
     record["seconds"] = round(time.perf_counter() - start, 6)
     return record
