@@ -144,3 +144,19 @@ def test_an_answer_does_not_depend_on_what_ran_before(zoo_members, shared_data):
     after_other = ens.generate(first, cfg)
     assert [asdict(r) for r in alone.rounds] == [asdict(r) for r in after_other.rounds]
     assert alone.text == after_other.text
+
+
+def test_chat_prompts_use_each_members_own_template_or_the_plain_layout(zoo_members):
+    ens = Ensemble(zoo_members)
+    rendered = dict(zip(ens.names, ens.prompts("Name a colour.", chat=True), strict=True))
+    smol, special = rendered["smollm2-135m"]
+    assert special and "<|im_start|>user\nName a colour.<|im_end|>" in smol and smol.endswith("<|im_start|>assistant\n")
+    qwen, _ = rendered["qwen2.5-coder-0.5b"]
+    assert "<|im_start|>user\nName a colour.<|im_end|>" in qwen and qwen.endswith("<|im_start|>assistant\n")
+    # Gemma 3 270M is a base model without a chat template: the documented plain layout.
+    assert rendered["gemma3-270m"] == ("User: Name a colour.\n\nAssistant:", False)
+    # The template's special tokens are parsed as special tokens, not spelled out as text.
+    smol_member = zoo_members[0]
+    assert smol_member.tokenize(smol, special=True).count(1) == 2  # <|im_start|> is id 1 in SmolLM2
+    res = ens.generate("Name a colour.", DecodeConfig(max_new_tokens=8), chat=True)
+    assert res.text.strip() and res.telemetry.rounds >= 1
