@@ -146,6 +146,10 @@ from adafuse.report.commands import register as register_report  # noqa: E402
 
 register_report(app)
 
+from adafuse.serving.commands import register as register_serve  # noqa: E402
+
+register_serve(app)
+
 
 def main() -> None:
     app()

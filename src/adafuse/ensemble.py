@@ -12,6 +12,7 @@ from adafuse.chat import Message, render_chat, validate_messages
 from adafuse.config import DecodeConfig
 from adafuse.decoding.adafuse import adafuse_round
 from adafuse.decoding.baselines import sample_round, single_round, span_round, token_round
+from adafuse.decoding.failure import FailurePolicy, check_policy
 from adafuse.decoding.loop import OnRound, Strategy, run
 from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.errors import ConfigError, ModelNotFoundError, PromptError
@@ -29,21 +30,28 @@ STRATEGIES: dict[str, Strategy] = {
 class Ensemble:
     """Several members writing one answer. Thread-safe: concurrent calls to ``generate`` run one at a time."""
 
-    def __init__(self, members: Sequence[Member]) -> None:
+    def __init__(self, members: Sequence[Member], on_member_failure: str = "fail") -> None:
         if not members:
             raise ConfigError("an ensemble needs at least one member")
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise ConfigError(f"member names must be unique, got {names}")
         self.members = list(members)
+        #: "fail" or "drop": what a generation does when a member fails mid-way (see decoding.failure).
+        self.on_member_failure = check_policy(on_member_failure)
         self._lock = threading.Lock()
 
     @classmethod
     def from_specs(
-        cls, specs: Sequence[str] | None = None, n_ctx: int = 4096, n_threads: int | None = None
+        cls,
+        specs: Sequence[str] | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        on_member_failure: str = "fail",
     ) -> Ensemble:
         """Load members from specs (built-in names, ``.gguf`` paths, ``hf:DIR``, ``http://HOST:PORT/v1``)."""
         specs = list(specs) if specs else list(DEFAULT_ENSEMBLE)
+        check_policy(on_member_failure)  # before loading anything
         if any(not s.strip() for s in specs):
             raise ModelNotFoundError("empty model name in the model list")
         loaded: list[Member] = []
@@ -54,7 +62,7 @@ class Ensemble:
             for m in loaded:
                 m.close()
             raise
-        return cls(loaded)
+        return cls(loaded, on_member_failure)
 
     @property
     def names(self) -> list[str]:
@@ -104,10 +112,14 @@ class Ensemble:
             if not 0 <= active[0] < len(self.members):
                 raise ConfigError(f"single_member {active[0]} is not a member index (0..{len(self.members) - 1})")
         with self._lock:
+            policy = FailurePolicy(STRATEGIES[cfg.method], self.on_member_failure)
+            active = policy.admit(views, active)  # a member already down is dropped (or fails) here
             for i in active:
                 _check_fits(views[i], cfg)
             state = DecodeState(views, cfg, weights, active=active)
-            return run(state, STRATEGIES[cfg.method], cfg.method, on_round)
+            result = run(state, policy, cfg.method, on_round)
+            result.telemetry.dropped.update(policy.dropped)
+            return result
 
     def close(self) -> None:
         for m in self.members:

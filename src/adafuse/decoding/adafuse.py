@@ -9,6 +9,7 @@ change the choice, so it is skipped (the fast path).
 from __future__ import annotations
 
 from adafuse.backends.base import Step
+from adafuse.decoding.failure import map_active
 from adafuse.decoding.proposals import DraftWriter, write_draft
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
@@ -37,8 +38,7 @@ def propose(state: DecodeState, member: int) -> tuple[Proposal, list[Draft]]:
 def adafuse_round(state: DecodeState, index: int) -> Round:
     proposals: list[Proposal] = []
     drafts: list[Draft] = []
-    for i in state.active:
-        proposal, own = propose(state, i)
+    for proposal, own in map_active(state, lambda i: propose(state, i)):
         proposals.append(proposal)
         drafts.extend(own)
     candidates = union(drafts, [v.name for v in state.views])

@@ -24,7 +24,7 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     cfg = state.config
     start = time.perf_counter()
     before = {v.name: v.member.stats.snapshot() for v in state.views}
-    prompt_tokens = {v.name: len(v.ids("")) for v in state.views}
+    prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
     for i in state.active:
         state.views[i].member.prefill(state.context(i))
     rounds: list[Round] = []
@@ -46,7 +46,7 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
                 forward_calls=v.member.stats.forward_calls - before[v.name].forward_calls,
                 tokens_evaluated=v.member.stats.tokens_evaluated - before[v.name].tokens_evaluated,
                 tokens_reused=v.member.stats.tokens_reused - before[v.name].tokens_reused,
-                prompt_tokens=prompt_tokens[v.name],
+                prompt_tokens=prompt_tokens.get(v.name, 0),
             )
             for v in state.views
         ],

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adafuse.backends.base import common_prefix_len
+from adafuse.decoding.failure import map_active
 from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.errors import MemberError
 from adafuse.result import Candidate
@@ -40,7 +41,8 @@ def score_candidates(
 ) -> None:
     """Fill ``candidate.scores`` (member -> normalised NLL) and ``candidate.combined`` for every candidate."""
     mode = normalise or state.config.normalise
-    for i in state.active:
+
+    def member_scores(i: int) -> list[float]:
         view = state.views[i]
         ctx = state.context(i)
         plans = [_plan(view, ctx, state.committed, cand) for cand in candidates]
@@ -50,8 +52,13 @@ def score_candidates(
         scored = view.member.score([(ctx[:head], list(toks)) for head, toks in todo]) if todo else []
         lp = dict(known)
         lp.update({key: sum(vals) for key, vals in zip(todo, scored, strict=True)})
-        for cand, plan in zip(candidates, plans, strict=True):
-            cand.scores[view.name] = -plan.logprob(lp) / _norm(mode, cand, plan.n_tokens)
+        return [
+            -plan.logprob(lp) / _norm(mode, cand, plan.n_tokens) for cand, plan in zip(candidates, plans, strict=True)
+        ]
+
+    for i, scores in zip(state.active, map_active(state, member_scores), strict=True):
+        for cand, score in zip(candidates, scores, strict=True):
+            cand.scores[state.views[i].name] = score
     for cand in candidates:
         cand.combined = combine(state, cand)
 
