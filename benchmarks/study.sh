@@ -9,14 +9,16 @@ out="${1:?usage: study.sh OUT_DIR [PART]}"
 part="${2:-all}"
 base=(--threads "${THREADS:-1}" --n-ctx 4096)
 methods="single:0,single:1,single:2,adafuse,token,span,sample"
+# Long outputs (translation, maths) cost minutes per item for the one-token-per-round baseline on 2 cores.
+long_methods="${LONG_METHODS:-single:0,single:1,single:2,adafuse,span,sample}"
 
 # task eval_offset eval_n cal_n
 qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-50} ${N_CAL:-40}" "squad 100 ${N_SQUAD:-25} ${N_CAL:-25}")
-long_tasks=("flores-en-de 100 ${N_FLORES:-10} ${N_CAL_LONG:-10}" "flores-de-en 100 ${N_FLORES:-10} ${N_CAL_LONG:-10}"
-  "gsm8k 50 ${N_GSM8K:-8} ${N_CAL_LONG:-10}")
+long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}"
+  "gsm8k 50 ${N_GSM8K:-4} ${N_CAL_LONG:-5}")
 
 study_task() {
-  local task=$1 offset=$2 n=$3 ncal=$4
+  local task=$1 offset=$2 n=$3 ncal=$4 methods=$5
   adafuse calibrate "${base[@]}" --task "$task" --limit "$ncal" --out "$out/calibrate/$task"
   local w
   w=$(python -c "import json,sys; print('/'.join(str(x) for x in json.load(open(sys.argv[1]))['weights']))" \
@@ -26,10 +28,10 @@ study_task() {
 }
 
 if [[ "$part" == qa || "$part" == all ]]; then
-  for spec in "${qa_tasks[@]}"; do study_task $spec; done
+  for spec in "${qa_tasks[@]}"; do study_task $spec "$methods"; done
 fi
 if [[ "$part" == long || "$part" == all ]]; then
-  for spec in "${long_tasks[@]}"; do study_task $spec; done
+  for spec in "${long_tasks[@]}"; do study_task $spec "$long_methods"; done
 fi
 if [[ "$part" == sweep || "$part" == all ]]; then
   adafuse compare "${base[@]}" --task triviaqa --offset 1500 --limit "${N_TRIVIA:-50}" --out "$out/triviaqa" \
