@@ -13,7 +13,8 @@ methods="single:0,single:1,single:2,adafuse,token,span,sample"
 long_methods="${LONG_METHODS:-single:0,single:1,single:2,adafuse,span,sample}"
 
 # task eval_offset eval_n cal_n
-qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-50} ${N_CAL:-40}" "squad 100 ${N_SQUAD:-25} ${N_CAL:-25}")
+qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-30} ${N_CAL_NQ:-20}"
+  "squad 100 ${N_SQUAD:-15} ${N_CAL_SQUAD:-15}")
 long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}"
   "gsm8k 50 ${N_GSM8K:-4} ${N_CAL_LONG:-5}")
 
