@@ -14,7 +14,15 @@ def load_member(spec: str, n_ctx: int = 4096, n_threads: int | None = None) -> M
     if spec.startswith("hf:"):
         from adafuse.backends.hf import HFMember
 
-        return HFMember(spec[3:], n_ctx=n_ctx, n_threads=n_threads)
+        # hf:DIR?device=cuda&dtype=bfloat16 - device and dtype ride on the spec, so every caller can set them.
+        target, _, query = spec[3:].partition("?")
+        opts = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+        unknown = set(opts) - {"device", "dtype"}
+        if unknown:
+            from adafuse.errors import ConfigError
+
+            raise ConfigError(f"unknown option(s) {sorted(unknown)} in {spec!r}; hf: specs take device and dtype")
+        return HFMember(target, n_ctx=n_ctx, n_threads=n_threads, **opts)
     if spec.startswith(("http://", "https://")):
         from adafuse.backends.remote import RemoteMember
 

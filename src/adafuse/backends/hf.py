@@ -2,11 +2,11 @@
 
 The member keeps one batch-1 KV cache (a ``DynamicCache``) and the token ids it holds. A call whose context shares
 a prefix with the cache crops it to that prefix and runs only the new tokens, so the prompt is encoded once per
-generation. ``score`` runs all candidates of a round in one right-padded batch on top of their shared prefix: the
-cache is expanded along the batch dimension (views, copied once by the first attention update) and thrown away
-afterwards, so the member's own cache is never disturbed by the candidates. Logits are computed only at the
-positions a caller reads (``logits_to_keep``): with a 49k-262k vocabulary the output projection is most of the
-cost of a short suffix.
+generation; ``prefill`` cuts prompts at fixed 64-token boundaries so that an answer never depends on what ran
+before. ``score`` runs all candidates of a round in one right-padded batch on top of their shared prefix: the
+prefix's keys and values are copied into a throwaway batch cache, so the member's own cache is never disturbed by
+the candidates. Logits are computed only at the positions a caller reads (``logits_to_keep``): with a 49k-262k
+vocabulary the output projection is most of the cost of a short suffix.
 
 GGUF files go through transformers' GGUF loader, which dequantises to dense float32 weights; that takes tens of
 seconds, so the dequantised model and tokenizer are saved once under ``cache_dir() / "hf"`` and loaded from there
@@ -45,12 +45,19 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 HF_EXTRA = "pip install 'adafuse[hf]'"
 _ROWS_KEPT = 16
-# Long prompts are encoded in chunks so that the attention scores of one forward stay small (chunk x context).
-_PREFILL_CHUNK = 512
+# Forwards are cut at multiples of this many positions. CPU matrix kernels sum in an order that depends on how
+# many rows they get (MKL: 1, 2-15 and 16+ rows give different last bits, measured), so a token's numbers depend on
+# the forward it was evaluated in; cutting a prompt always the same way, and reusing only whole chunks computed
+# that way (``prefill``), makes a request's answer independent of what ran before, bit for bit. It also bounds the
+# attention scores of one forward (chunk x context).
+_CHUNK = 64
 # The batched scoring cache holds the shared prefix once per candidate; past this size the batch is split.
 _BATCH_CACHE_BYTES = 1 << 30
 # Bumped when the layout of the dequantised-GGUF cache changes, so an old cache is never read as a new one.
-_GGUF_CACHE_VERSION = "v1"
+_GGUF_CACHE_VERSION = "v3"
+# What the GGUF file says that a transformers checkpoint cannot hold (``_gguf_vocab``), saved beside the
+# dequantised weights.
+_GGUF_META = "adafuse-gguf.json"
 
 _DTYPES = {
     "float32": "float32",
@@ -90,6 +97,7 @@ _EOG_TEXTS = frozenset(
         "<REPO>",
         "<reponame>",
         "<|file_sep|>",
+        "</s>",
     }
 )
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -194,23 +202,46 @@ def _dtype_kwarg() -> str:
     return "dtype" if version >= (4, 56) else "torch_dtype"
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers' weight-loading bars and advice on stderr, off unless ADAFUSE_HF_VERBOSE is set.
+
+    Errors still raise. The one-time GGUF conversion keeps its own bar (plain tqdm, not switchable here).
+    """
+    if os.environ.get("ADAFUSE_HF_VERBOSE"):
+        yield
+        return
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def _from_pretrained(source: str, gguf_file: str | None, dtype: Any) -> tuple[Any, Any]:
     kwargs: dict[str, Any] = {"local_files_only": True}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{_dtype_kwarg(): dtype})
+    with _quiet():
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **{_dtype_kwarg(): dtype})
     return model, tokenizer
 
 
-def _load_gguf(directory: str, gguf_file: str, cache_root: Path) -> tuple[Any, Any]:
-    """Dequantised float32 model and tokenizer of a GGUF file, from the on-disk cache when it is there."""
+def _load_gguf(directory: str, gguf_file: str, cache_root: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """Dequantised float32 model, tokenizer and vocabulary facts (``_gguf_vocab``) of a GGUF file, cached on disk."""
     path = Path(directory) / gguf_file
     _check_gguf(path)
     target = cache_root / "hf" / _gguf_key(path)
     if (target / "config.json").is_file():
         try:
-            return _from_pretrained(str(target), None, torch.float32)
+            model, tokenizer = _from_pretrained(str(target), None, torch.float32)
+            return model, tokenizer, json.loads((target / _GGUF_META).read_text())
         except Exception:
             # A damaged cache entry is rebuilt rather than reported: the GGUF file itself is fine.
             shutil.rmtree(target, ignore_errors=True)
@@ -219,11 +250,46 @@ def _load_gguf(directory: str, gguf_file: str, cache_root: Path) -> tuple[Any, A
     except ValueError as exc:
         # transformers raises ValueError for GGUF architectures its loader does not map.
         raise ModelLoadError(f"transformers cannot load {path}: {_first_line(exc)}") from exc
-    _save_dequantised(model, tokenizer, target)
-    return model, tokenizer
+    meta = _gguf_vocab(path)
+    _save_dequantised(model, tokenizer, meta, target)
+    return model, tokenizer, meta
 
 
-def _save_dequantised(model: Any, tokenizer: Any, target: Path) -> None:
+def _gguf_vocab(path: Path) -> dict[str, Any]:
+    """What the GGUF vocabulary says that transformers' converted tokenizer may lose, as llama.cpp reads it.
+
+    ``control_ids``: tokens typed control or unused (padding rows such as Qwen's "[PAD151665]"), which llama.cpp
+    prints as nothing. ``add_bos``: whether a BOS starts every text, and ``bos_id`` ... ``eom_id``: the special
+    tokens (transformers 4.57 converts SmolLM2's tokenizer with a BOS its GGUF turns off, and with EOS = BOS;
+    5.x gets both right). Reading the file means parsing the whole vocabulary (seconds for 150k tokens), so it is
+    done once, on conversion.
+    """
+    meta: dict[str, Any] = {"gguf": str(path), "control_ids": [], "add_bos": None}
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(path)).fields
+    except Exception:
+        return meta
+
+    def scalar(key: str) -> Any:
+        field = fields.get(key)
+        return field.parts[field.data[0]].tolist()[0] if field is not None and field.data else None
+
+    types_field = fields.get("tokenizer.ggml.token_type")
+    if types_field is not None and types_field.data:
+        types = np.concatenate([types_field.parts[i] for i in types_field.data])
+        # llama.cpp token types: 3 = control, 5 = unused.
+        meta["control_ids"] = [int(i) for i in np.flatnonzero((types == 3) | (types == 5))]
+    add_bos = scalar("tokenizer.ggml.add_bos_token")
+    meta["add_bos"] = None if add_bos is None else bool(add_bos)
+    for key in ("bos", "eos", "eot", "eom"):
+        value = scalar(f"tokenizer.ggml.{key}_token_id")
+        meta[f"{key}_id"] = None if value is None else int(value)
+    return meta
+
+
+def _save_dequantised(model: Any, tokenizer: Any, meta: dict[str, Any], target: Path) -> None:
     # The weights are plain tensors by now; the GGUF quantizer still attached to the model only blocks
     # save_pretrained ("not serializable") and would make the saved config claim a GGUF quantisation.
     model.hf_quantizer = None
@@ -233,11 +299,14 @@ def _save_dequantised(model: Any, tokenizer: Any, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with _quiet():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        (tmp / _GGUF_META).write_text(json.dumps(meta))
         # A complete directory appears under its final name at once, so a killed save never looks finished.
         os.replace(tmp, target)
-    except OSError as exc:
+    except Exception as exc:
+        # The model in memory is fine; only the next load will be slow again.
         if not (target / "config.json").is_file():  # another process may have won the race: that is fine
             warnings.warn(f"could not cache the dequantised model in {target}: {_first_line(exc)}", stacklevel=3)
     finally:
@@ -289,9 +358,11 @@ class HFMember:
         if n_threads:
             # Process-wide in torch: the last member loaded with an explicit count sets it for all.
             torch.set_num_threads(n_threads)
+        vocab_meta: dict[str, Any] = {}
         try:
             if gguf is not None:
-                model, tokenizer = _load_gguf(source, gguf, Path(cache) if cache is not None else cache_dir())
+                root = Path(cache) if cache is not None else cache_dir()
+                model, tokenizer, vocab_meta = _load_gguf(source, gguf, root)
             else:
                 model, tokenizer = _from_pretrained(source, None, torch_dtype)
         except (ModelLoadError, ModelNotFoundError):
@@ -307,8 +378,6 @@ class HFMember:
         except Exception as exc:
             where = f"{source}/{gguf}" if gguf else source
             raise ModelLoadError(f"transformers could not load {where}: {_first_line(exc)}") from exc
-        if not getattr(tokenizer, "is_fast", False) and not hasattr(tokenizer, "convert_ids_to_tokens"):
-            raise ModelLoadError(f"{source}: the tokenizer cannot map ids back to tokens")
         self._model = model.to(device=torch_device, dtype=torch_dtype).eval()
         self._tok = tokenizer
         self.device = torch_device
@@ -324,22 +393,29 @@ class HFMember:
         if isinstance(template, dict):  # some tokenizers keep several named templates
             template = template.get("default") or next(iter(template.values()), None)
         self.chat_template: str | None = template or None
-        self._init_vocab()
+        self._init_vocab(vocab_meta)
         self._init_forward()
         # Token ids held in the KV cache, and the next-token log-probabilities we still hold, by position.
         self._past: Any = DynamicCache()
         self._cache: list[int] = []
         self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
+        # How many leading cached tokens were evaluated in whole, aligned chunks (reusable across requests).
+        self._canonical = 0
         self._lock = threading.Lock()
         self._closed = False
 
     # -- tokenizer ---------------------------------------------------------------------------------------------
 
-    def _init_vocab(self) -> None:
+    def _init_vocab(self, gguf_meta: dict[str, Any]) -> None:
         tok = self._tok
         added = getattr(tok, "added_tokens_decoder", {}) or {}
+        # End-of-turn tokens by text, wherever they sit in the vocabulary: like llama.cpp, which also makes them
+        # control tokens where a tokenizer left them ordinary ("</s>" in Gemma 3's and Qwen 2.5's vocabularies).
+        eog_by_text = {int(i) for t, i in tok.get_vocab().items() if t in _EOG_TEXTS}
         self._special_ids = {int(i) for i, t in added.items() if getattr(t, "special", False)}
         self._special_ids.update(int(i) for i in getattr(tok, "all_special_ids", []) or [])
+        self._special_ids.update(eog_by_text)
+        self._special_ids.update(int(i) for i in gguf_meta.get("control_ids", []))
         # Added tokens keep their text verbatim, never in the vocabulary's byte-level or "\u2581" spelling.
         self._added_text = {
             int(i): str(getattr(t, "content", t)) for i, t in added.items() if int(i) not in self._special_ids
@@ -361,22 +437,31 @@ class HFMember:
             if with_special[i : i + len(plain)] == plain:
                 self._prefix = list(with_special[:i])
                 break
+        if gguf_meta.get("add_bos") is not None:
+            # A GGUF file says outright whether its texts start with BOS; llama.cpp follows it, and so do we.
+            bos = gguf_meta.get("bos_id")
+            self._prefix = [int(bos)] if gguf_meta["add_bos"] and bos is not None else []
         # End of generation: every EOS the tokenizer, config and generation config name, plus end-of-turn tokens.
-        eog: set[int] = set()
-        for source in (tok, self._model.config, getattr(self._model, "generation_config", None)):
+        # A GGUF file names its special tokens outright; transformers 4.x converted SmolLM2's with EOS = BOS.
+        gguf_eos = gguf_meta.get("eos_id")
+        eog: set[int] = {int(gguf_meta[k]) for k in ("eos_id", "eot_id", "eom_id") if gguf_meta.get(k) is not None}
+        sources = [self._model.config, getattr(self._model, "generation_config", None)]
+        for source in sources if gguf_eos is not None else [tok, *sources]:
             ids = getattr(source, "eos_token_id", None)
             if ids is not None:
                 eog.update([int(ids)] if isinstance(ids, int) else [int(i) for i in ids])
-        for i, t in added.items():
-            if str(getattr(t, "content", t)) in _EOG_TEXTS:
-                eog.add(int(i))
-        self._eog = frozenset(eog)
-        eos = tok.eos_token_id
+        self._eog = frozenset(eog | eog_by_text)
+        eos = gguf_eos if gguf_eos is not None else tok.eos_token_id
         if eos is None:
             eos = min(eog) if eog else None
         if eos is None:
             raise ModelLoadError(f"{self.source}: the model has no end-of-sequence token")
         self._eos = int(eos)
+        bos = gguf_meta.get("bos_id")
+        self._special_text = {
+            "bos": str(tok.convert_ids_to_tokens(int(bos))) if bos is not None else str(tok.bos_token or ""),
+            "eos": str(tok.convert_ids_to_tokens(self._eos)) if gguf_eos is not None else str(tok.eos_token or ""),
+        }
 
     def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
         # split_special_tokens=True spells "<|im_end|>" in ordinary pieces: special text is parsed only on request.
@@ -400,9 +485,7 @@ class HFMember:
             return b""
         if self._byte_level:
             # Vocabulary tokens spell bytes as GPT-2's printable characters.
-            return b"".join(
-                bytes([_BYTE_DECODER[c]]) if c in _BYTE_DECODER else c.encode("utf-8") for c in text
-            )
+            return b"".join(bytes([_BYTE_DECODER[c]]) if c in _BYTE_DECODER else c.encode("utf-8") for c in text)
         m = _BYTE_TOKEN.fullmatch(text)
         if m:
             return bytes([int(m.group(1), 16)])
@@ -418,8 +501,7 @@ class HFMember:
         return self._eos
 
     def special_text(self, which: str) -> str:
-        token = self._tok.bos_token if which == "bos" else self._tok.eos_token
-        return str(token) if token else ""
+        return self._special_text["bos" if which == "bos" else "eos"]
 
     # -- forward passes ------------------------------------------------------------------------------------------
 
@@ -462,8 +544,11 @@ class HFMember:
         self._past = DynamicCache()
         self._cache.clear()
         self._rows.clear()
+        self._canonical = 0
 
     def _truncate(self, n: int) -> None:
+        """Keep the first ``n`` cached tokens; a cache that cannot be cropped is emptied instead, so callers read
+        ``len(self._cache)`` afterwards."""
         if n >= len(self._cache):
             return
         if n == 0:
@@ -476,27 +561,37 @@ class HFMember:
             self._reset()
             return
         del self._cache[n:]
+        self._canonical = min(self._canonical, n - n % _CHUNK)
         # A row at position p depends on tokens 0..p only.
         for pos in [p for p in self._rows if p >= n]:
             del self._rows[pos]
 
     def _extend(self, tokens: Sequence[int], want_last: bool) -> np.ndarray | None:
-        """Append ``tokens`` to the cache; the next-token log-probabilities after the last one if ``want_last``."""
-        if len(self._cache) + len(tokens) > self.n_ctx:
+        """Append ``tokens`` to the cache; the next-token log-probabilities after the last one if ``want_last``.
+
+        Forwards are cut at multiples of ``_CHUNK``, so a prompt is always cut the same way whatever the cache held.
+        """
+        start = len(self._cache)
+        if start + len(tokens) > self.n_ctx:
             raise PromptError(
-                f"member {self.name!r}: context of {len(self._cache) + len(tokens)} tokens exceeds its window of "
-                f"{self.n_ctx}"
+                f"member {self.name!r}: context of {start + len(tokens)} tokens exceeds its window of {self.n_ctx}"
             )
         row = None
-        for lo in range(0, len(tokens), _PREFILL_CHUNK):
-            chunk = list(tokens[lo : lo + _PREFILL_CHUNK])
+        lo = 0
+        keep = 1 if self._keep_mode != "full" else None
+        while lo < len(tokens):
+            pos = start + lo
+            chunk = list(tokens[lo : lo + _CHUNK - pos % _CHUNK])
             ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-            last = lo + _PREFILL_CHUNK >= len(tokens)
-            keep = 1 if self._keep_mode != "full" else None
-            logits = self._forward(ids, self._past, len(self._cache), keep)
+            logits = self._forward(ids, self._past, pos, keep)
             self.stats.tokens_evaluated += len(chunk)
             self._cache.extend(chunk)
-            if last and want_last:
+            if pos == self._canonical and len(chunk) == _CHUNK:
+                # This chunk's keys and values came from one forward of exactly its own tokens on a canonical
+                # prefix: the same numbers a fresh member computes, so a later request may reuse them.
+                self._canonical += _CHUNK
+            lo += len(chunk)
+            if lo == len(tokens) and want_last:
                 row = torch.log_softmax(logits[0, -1].float(), dim=-1).cpu().numpy()
         return row
 
@@ -508,26 +603,26 @@ class HFMember:
 
     def _hold(self, prefix: Sequence[int]) -> None:
         """Make the cache hold exactly ``prefix``, evaluating only what it does not already hold."""
-        keep = common_prefix_len(self._cache, prefix)
-        self._truncate(keep)
+        self._truncate(common_prefix_len(self._cache, prefix))
+        keep = len(self._cache)
         self.stats.tokens_reused += keep
         if keep < len(prefix):
             self._extend(prefix[keep:], want_last=False)
 
     def _row_after(self, context: Sequence[int]) -> np.ndarray:
-        """Next-token log-probabilities after ``context``; the cache then holds exactly ``context``."""
+        """Next-token log-probabilities after ``context``; the cache then holds ``context`` (and maybe more)."""
         if not context:
             raise PromptError(f"member {self.name!r}: empty context")
         n = len(context)
         keep = common_prefix_len(self._cache, context)
         if keep == n and (n - 1) in self._rows:
-            self._truncate(n)
+            # Cached tokens beyond the context stay: the next call may walk on along the same path.
             self.stats.tokens_reused += n
             self._rows.move_to_end(n - 1)
             return self._rows[n - 1]
         # The last token is re-run when its row was not kept: a row cannot be had without a forward.
-        keep = min(keep, n - 1)
-        self._truncate(keep)
+        self._truncate(min(keep, n - 1))
+        keep = len(self._cache)
         self.stats.tokens_reused += keep
         row = self._extend(context[keep:], want_last=True)
         assert row is not None
@@ -535,6 +630,24 @@ class HFMember:
         return row
 
     # -- primitives --------------------------------------------------------------------------------------------
+
+    def prefill(self, context: Sequence[int]) -> None:
+        """Start of a request: reuse only whole canonical chunks of a cached prefix, so nothing depends on history.
+
+        A shared few-shot prompt is still encoded once; the rest of the prompt is encoded from the last chunk
+        boundary, exactly as on a fresh member.
+        """
+        if not context:
+            raise PromptError(f"member {self.name!r}: empty context")
+        with self._lock, torch.inference_mode():
+            self._rows.clear()
+            keep = min(common_prefix_len(self._cache, context), len(context) - 1, self._canonical)
+            self._truncate(keep - keep % _CHUNK)
+            keep = len(self._cache)
+            self.stats.tokens_reused += keep
+            row = self._extend(context[keep:], want_last=True)
+            assert row is not None
+            self._remember(len(context) - 1, row)
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock, torch.inference_mode():
@@ -577,9 +690,10 @@ class HFMember:
         reused = self.stats.tokens_reused
         if any(len(c) == base for c in ctxs):
             first_row = self._row_after(seqs[0][:base])
-        else:
-            self._hold(seqs[0][:base])
-        # Suffix index j of request r holds the row predicting cont[len(base..ctx) + j]; j = -1 is first_row.
+        # The batch runs on a cache holding exactly the shared prefix.
+        self._hold(seqs[0][:base])
+        # Row j of request r's suffix (position base + j) predicts cont[base + j + 1 - len(ctx)]: the first row it
+        # needs is starts[r], where -1 stands for first_row, the row after the shared prefix.
         suffixes = [s[base:] for s in seqs]
         starts = [len(c) - 1 - base for c in ctxs]
         lps: list[list[float]] = [[] for _ in live]
@@ -704,8 +818,11 @@ class HFMember:
             torch.cuda.empty_cache()
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        with contextlib.suppress(Exception):
+        # Not contextlib.suppress: module globals may already be None at interpreter exit.
+        try:  # noqa: SIM105
             self.close()
+        except Exception:
+            pass
 
 
 def _layer_kv(cache: Any) -> list[tuple[Any, Any]]:
@@ -717,7 +834,7 @@ def _layer_kv(cache: Any) -> list[tuple[Any, Any]]:
 
 
 def _expanded(kv: list[tuple[Any, Any]], batch: int) -> Any:
-    """A fresh cache whose every row is the given batch-1 cache: expanded views, materialised by ``update``."""
+    """A fresh cache whose every row is the given batch-1 cache (``update`` copies the expanded views once)."""
     past = DynamicCache()
     for idx, (k, v) in enumerate(kv):
         if k is None or k.numel() == 0:

@@ -8,7 +8,6 @@ remember the few distributions we will ask for again (branching returns to the s
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import threading
@@ -20,11 +19,6 @@ import numpy as np
 
 from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
 from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError, PromptError
-
-# llama.cpp's CPU threads meet at a barrier after every operation; with OpenMP's default spin-waiting, one
-# descheduled thread stalls the others for a whole time slice, and decoding on a busy machine became 7x slower
-# with 2 threads (268 ms/token vs 38 ms measured for Gemma). Passive waiting must be chosen before libgomp loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
     import llama_cpp
@@ -298,5 +292,8 @@ class LlamaCppMember:
         llama_cpp.llama_model_free(self._model)
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        with contextlib.suppress(Exception):
+        # Not contextlib.suppress: at interpreter exit module globals may already be None.
+        try:  # noqa: SIM105
             self.close()
+        except Exception:
+            pass
