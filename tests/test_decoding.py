@@ -237,3 +237,24 @@ def test_stop_string_spanning_two_rounds_is_found_on_the_committed_text():
 def test_stop_string_inside_a_word_cuts_the_draft_there():
     res = Ensemble([member("a", CONFIDENT)]).generate("Q:", DecodeConfig(max_words=3, stop=("rge",)))
     assert res.text == " Geo" and res.rounds[0].committed == " George"
+
+
+RUNAWAY = {
+    "": {" Pierre": 0.4, " Jacques": 0.35},
+    " Pierre": {"\n": 0.99},
+    " Jacques": {"-Henri": 0.99},
+}
+for _k in range(1, 20):
+    RUNAWAY[" Jacques" + "-Henri" * _k] = {"-Henri": 0.99}
+
+
+def test_unfinished_words_can_be_left_out_of_the_candidates():
+    pieces = [*PIECES, " Pierre", " Jacques", "-Henri"]
+    make = lambda: ScriptedMember("a", pieces, table(RUNAWAY), prompt="Q:")  # noqa: E731
+    cfg = DecodeConfig(beam=2, stop=("\n",), word_token_cap=6, max_new_tokens=16)
+    kept = Ensemble([make()]).generate("Q:", cfg)
+    # Per-token normalisation rewards the easy repetition: the runaway "word" wins by default.
+    assert kept.rounds[0].committed.startswith(" Jacques-Henri")
+    dropped = Ensemble([make()]).generate("Q:", DecodeConfig(**{**cfg.__dict__, "drop_unfinished": True}))
+    assert dropped.text == " Pierre"
+    assert dropped.rounds[0].proposals[0].candidates == [" Pierre", " Jacques-Henri-Henri-Henri-Henri-Henri"]

@@ -33,6 +33,9 @@ class DecodeConfig:
     stop_at_boxed: bool = False
     word_token_cap: int = 12
     branch_later_words: bool = False
+    #: leave out candidates whose last word hit ``word_token_cap`` without ending (runaway words such as
+    #: "Henri-Henri-Henri-..."), unless nothing else was proposed; see docs/RESULTS.md.
+    drop_unfinished: bool = False
     span_tokens: int = 8
     top_k: int = 10
     single_member: int | None = None

@@ -41,6 +41,10 @@ def adafuse_round(state: DecodeState, index: int) -> Round:
     for proposal, own in map_active(state, lambda i: propose(state, i)):
         proposals.append(proposal)
         drafts.extend(own)
+    if state.config.drop_unfinished and any(not d.unfinished for d in drafts):
+        # A word that ran into the token cap is usually a runaway repetition, and per-token normalisation makes
+        # such easy-to-predict text look good; the proposal trace still shows it.
+        drafts = [d for d in drafts if not d.unfinished]
     candidates = union(drafts, [v.name for v in state.views])
     fast = len(candidates) == 1 and len(drafts) == len(state.active)
     if fast:

@@ -57,7 +57,9 @@ class DraftWriter:
         if cut is not None:
             return self._finish(text[:cut])
         if len(self.tokens) >= self.max_tokens or self._context_full():
-            return self._finish(text)
+            draft = self._finish(text)
+            draft.unfinished = True
+            return draft
         return None
 
     def _finish_at(self, text: str) -> Draft:

@@ -34,6 +34,8 @@ class Draft:
     member: int
     tokens: list[int]
     logprobs: list[float]
+    #: the draft stopped at a token cap in the middle of a word, not at a word's end, a stop or an end token.
+    unfinished: bool = False
 
 
 def score_candidates(

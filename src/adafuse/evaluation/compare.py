@@ -54,6 +54,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "word_token_cap": int,
     "max_rounds": int,
     "branch_later_words": lambda v: _parse_bool(v),
+    "drop_unfinished": lambda v: _parse_bool(v),
     "weights": lambda v: tuple(float(w) for w in re.split(r"[/:;]", v)),
     "single_member": lambda v: v,  # index or name; resolved against the member names later
 }
