@@ -258,3 +258,12 @@ def test_unfinished_words_can_be_left_out_of_the_candidates():
     dropped = Ensemble([make()]).generate("Q:", DecodeConfig(**{**cfg.__dict__, "drop_unfinished": True}))
     assert dropped.text == " Pierre"
     assert dropped.rounds[0].proposals[0].candidates == [" Pierre", " Jacques-Henri-Henri-Henri-Henri-Henri"]
+
+
+def test_the_token_cap_applies_to_each_word_of_a_confident_span():
+    pieces = [*PIECES, " Pierre", " Jacques", "-Henri"]
+    rows = {"": {" Jacques": 0.95}, **{" Jacques" + "-Henri" * k: {"-Henri": 0.99} for k in range(0, 40)}}
+    member = ScriptedMember("a", pieces, table(rows), prompt="Q:")
+    res = Ensemble([member]).generate("Q:", DecodeConfig(max_words=3, word_token_cap=5, max_rounds=1))
+    # Confident, so it may write up to 3 words - but one word may not run past 5 tokens.
+    assert res.rounds[0].committed == " Jacques" + "-Henri" * 4

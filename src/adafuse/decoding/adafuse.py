@@ -24,7 +24,7 @@ def propose(state: DecodeState, member: int) -> tuple[Proposal, list[Draft]]:
     cap = cfg.word_token_cap * cfg.max_words
     confident = first.margin >= cfg.theta
     if confident:
-        writers = [DraftWriter(state, member, cfg.max_words, cfg.theta, cap)]
+        writers = [DraftWriter(state, member, cfg.max_words, cfg.theta, cap, word_cap=cfg.word_token_cap)]
         firsts = [first.ids[0]]
     else:
         firsts = list(first.ids[: cfg.beam])

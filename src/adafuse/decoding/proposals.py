@@ -26,10 +26,13 @@ class DraftWriter:
     max_tokens: int
     #: fixed-granularity drafts: end at the first word boundary once this many tokens are written.
     min_tokens: int | None = None
+    #: a word that has taken this many tokens without ending stops the draft (a guard against endless words).
+    word_cap: int | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     margins: list[float] = field(default_factory=list)
     _bytes: bytearray = field(default_factory=bytearray)
+    _word_start: int = 0
 
     def add(self, top: TopK, token: int) -> Draft | None:
         """Append ``token`` (taken from ``top``); return the finished draft, or None to keep going."""
@@ -44,6 +47,7 @@ class DraftWriter:
         text = self.text
         ends = word_ends(text)
         if len(ends) > prev_words:
+            self._word_start = len(self.tokens) - 1
             # The word ends before its trailing whitespace; a stop string starting there is the next round's.
             if len(ends) >= self.max_words:
                 return self._finish_at(text[: ends[self.max_words - 1]])
@@ -56,7 +60,8 @@ class DraftWriter:
         cut = self._stop_cut(text)
         if cut is not None:
             return self._finish(text[:cut])
-        if len(self.tokens) >= self.max_tokens or self._context_full():
+        runaway = self.word_cap is not None and len(self.tokens) - self._word_start >= self.word_cap
+        if runaway or len(self.tokens) >= self.max_tokens or self._context_full():
             draft = self._finish(text)
             draft.unfinished = True
             return draft
