@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from adafuse.errors import ConfigError
@@ -32,14 +32,12 @@ class DecodeConfig:
     stop: tuple[str, ...] = ()
     stop_at_boxed: bool = False
     word_token_cap: int = 12
-    branch_later_words: bool = False
     #: leave out candidates whose last word hit ``word_token_cap`` without ending (runaway words such as
     #: "Henri-Henri-Henri-..."), unless nothing else was proposed; see docs/RESULTS.md.
     drop_unfinished: bool = False
     span_tokens: int = 8
     top_k: int = 10
     single_member: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -4,7 +4,7 @@ Each method is named by a *label*, ``METHOD[:MEMBER][@KEY=VALUE,KEY=VALUE...]``:
 
 * ``adafuse``, ``token``, ``span``, ``sample``: the method with the base options;
 * ``adafuse@theta=0.5`` or ``adafuse@theta=0.5,beam=1``: with options overridden (keys: theta, max_words,
-  beam, normalise, span_tokens, top_k, word_token_cap, branch_later_words, max_rounds, weights as ``1/2/1``);
+  beam, normalise, span_tokens, top_k, word_token_cap, drop_unfinished, max_rounds, weights as ``1/2/1``);
 * ``single:1`` or ``single:gemma3-270m``: one member alone, by index or by name.
 
 Each label's run goes to ``OUT/<label>/`` through :func:`~adafuse.evaluation.runner.run_eval`, so a rerun
@@ -53,7 +53,6 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "top_k": int,
     "word_token_cap": int,
     "max_rounds": int,
-    "branch_later_words": lambda v: _parse_bool(v),
     "drop_unfinished": lambda v: _parse_bool(v),
     "weights": lambda v: tuple(float(w) for w in re.split(r"[/:;]", v)),
     "single_member": lambda v: v,  # index or name; resolved against the member names later
