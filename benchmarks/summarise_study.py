@@ -28,7 +28,7 @@ def main() -> None:
             scores.setdefault(label, {})[task] = (row["score"], row["n"], row["tokens_per_output_token"])
     metric = {t: json.loads((args.out / t / "report.json").read_text())["methods"][0]["metric"] for t in tasks}
     head = " | ".join(f"{t} ({metric[t]}, n={max(s[t][1] for s in scores.values() if t in s)})" for t in tasks)
-    print(f"| method | {head} | average | tokens eval / output token (mean) |")
+    print(f"| method | {head} | average of the {len(tasks)} tasks | tokens eval / output token (mean) |")
     print("|---" * (len(tasks) + 3) + "|")
     for label, per in scores.items():
         cells = [f"{per[t][0]:.1f}" if t in per else "-" for t in tasks]
