@@ -15,10 +15,11 @@ a sandboxed Jinja2 environment, as transformers does. A model without a template
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from adafuse.errors import PromptError
@@ -47,18 +48,24 @@ def plain_layout(messages: Sequence[Message]) -> str:
     return "\n\n".join(parts) + "\n\nAssistant:"
 
 
+def _raise_exception(message: str) -> None:
+    raise TemplateError(message)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(template: str) -> Template:
+    """Compile each member's template once, not on every request."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise_exception
+    return env.from_string(template)
+
+
 def render_chat(template: str | None, messages: Sequence[Message], bos: str = "", eos: str = "") -> str:
     """The prompt text a model expects for ``messages``, ending where the assistant's reply begins."""
     if not template:
         return plain_layout(messages)
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env.globals["raise_exception"] = raise_exception
     try:
-        text = env.from_string(template).render(
+        text = _compiled(template).render(
             messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos
         )
     except TemplateError as exc:

@@ -74,7 +74,9 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     boxed: Annotated[bool, typer.Option(help="Stop once a \\boxed{...} answer is complete.")] = False,
-    weights: Annotated[str | None, typer.Option(help="Member weights, comma-separated.")] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Member weights: comma-separated, or a weights .json from `adafuse calibrate`.")
+    ] = None,
     member: Annotated[int, typer.Option(help="Member index for --method single.")] = 0,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's chat template.")] = False,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context window per member.")] = 4096,
@@ -84,6 +86,9 @@ def generate(
 ) -> None:
     """Write one answer with the ensemble and print it."""
     try:
+        from adafuse.backends import DEFAULT_ENSEMBLE
+
+        specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
         config = DecodeConfig(
             method=method,
             theta=theta,
@@ -92,7 +97,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             stop=tuple(unescape(s) for s in stop or ()),
             stop_at_boxed=boxed,
-            weights=parse_weights(weights, parse_models(models)),
+            weights=parse_weights(weights, specs),
             single_member=member,
         )
         text = unescape(prompt)
@@ -100,10 +105,8 @@ def generate(
             fail("the prompt is empty")
         if n_ctx < 16:
             fail(f"--n-ctx must be at least 16, got {n_ctx}")
-        from adafuse.backends import DEFAULT_ENSEMBLE
         from adafuse.ensemble import Ensemble
 
-        specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
         # Checked before loading anything: a wrong count is a typo, not worth a model load.
         config.member_weights(len(specs))
         with Ensemble.from_specs(specs, n_ctx=n_ctx, n_threads=threads) as ens:

@@ -33,12 +33,14 @@ class DraftWriter:
     margins: list[float] = field(default_factory=list)
     _bytes: bytearray = field(default_factory=bytearray)
     _word_start: int = 0
+    #: words completed so far, so each token does not decode and scan the draft twice.
+    _words: int = 0
 
     def add(self, top: TopK, token: int) -> Draft | None:
         """Append ``token`` (taken from ``top``); return the finished draft, or None to keep going."""
         view = self.state.views[self.member]
         member = view.member
-        prev_words = len(word_ends(self.text)) if self.tokens else 0
+        prev_words = self._words
         self.tokens.append(token)
         self.logprobs.append(top.logprobs[top.ids.index(token)] if token in top.ids else float("-inf"))
         if member.is_eog(token):
@@ -46,6 +48,7 @@ class DraftWriter:
         self._bytes.extend(member.token_bytes(token))
         text = self.text
         ends = word_ends(text)
+        self._words = len(ends)
         if len(ends) > prev_words:
             self._word_start = len(self.tokens) - 1
             # The word ends before its trailing whitespace; a stop string starting there is the next round's.
