@@ -35,6 +35,8 @@ class ScriptedMember:
         self.chat_template: str | None = None
         self.calls: list[str] = []
         self._cache: list[int] = []
+        #: what ``evidence`` reports (the log-likelihood of the prompt); None: this member cannot tell.
+        self.prompt_logprob: float | None = None
 
     def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
         ids: list[int] = []
@@ -86,6 +88,9 @@ class ScriptedMember:
         self.stats.forward_calls += 1
         self.stats.tokens_evaluated += len(context)
         self._cache = list(context)
+
+    def evidence(self, context: Sequence[int]) -> float | None:
+        return self.prompt_logprob
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         lps = self._logprobs(context)

@@ -380,12 +380,14 @@ def test_ensemble_with_a_remote_member_writes_what_the_local_ensemble_writes(rem
 
 @pytest.mark.models
 def test_proposals_of_remote_and_local_members_run_concurrently_with_the_same_result(remote, zoo_members):
-    from adafuse.decoding.adafuse import propose
+    from adafuse.decoding.adafuse import first_step, propose
+    from adafuse.decoding.granularity import word_unit
 
     views = [MemberView(remote, "The capital of France is"), MemberView(zoo_members[0], "The capital of France is")]
     state = DecodeState(views, DecodeConfig(), (0.5, 0.5))
-    together = map_active(state, lambda i: propose(state, i))
-    alone = [propose(state, i) for i in state.active]
+    unit = word_unit(state.config.max_words)
+    together = map_active(state, lambda i: propose(state, i, first_step(state, i), unit))
+    alone = [propose(state, i, first_step(state, i), unit) for i in state.active]
     assert [p.candidates for p, _ in together] == [p.candidates for p, _ in alone]
     assert together[0][0].candidates == together[1][0].candidates  # the same model, served or in-process
 

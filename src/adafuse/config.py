@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from adafuse.decoding.granularity import GRANULARITIES, GranularityPolicy
 from adafuse.errors import ConfigError
 
 Normalisation = Literal["token", "char", "sum"]
 METHODS = ("adafuse", "token", "span", "sample", "single")
+COMBINERS = ("mean", "confidence")
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,17 @@ class DecodeConfig:
     theta: float = 0.7
     max_words: int = 3
     beam: int = 3
-    weights: tuple[float, ...] | None = None
+    #: fixed member weights, or "auto": weights from each member's likelihood of the prompt (README, "Member
+    #: weights"), sharpened by ``auto_sharpness``.
+    weights: tuple[float, ...] | Literal["auto"] | None = None
+    auto_sharpness: float = 20.0
+    #: "mean": weighted mean NLL (the paper). "confidence": each member's weight is also multiplied by its
+    #: top-1 probability at this round's first token, so a member that is sure counts for more.
+    combiner: str = "mean"
+    #: how much text one round may commit: "word" is the paper's rule (up to ``max_words`` words); "adaptive"
+    #: chooses token / word / sentence / paragraph per round from the signals in decoding/granularity.py.
+    granularity: str = "word"
+    granularity_policy: GranularityPolicy = field(default_factory=GranularityPolicy)
     normalise: Normalisation = "token"
     max_new_tokens: int = 64
     max_rounds: int | None = None
@@ -54,7 +66,20 @@ class DecodeConfig:
             _at_least("max_rounds", self.max_rounds, 1)
         if self.normalise not in ("token", "char", "sum"):
             raise ConfigError(f"normalise must be token, char or sum, got {self.normalise!r}")
-        if self.weights is not None:
+        if self.combiner not in COMBINERS:
+            raise ConfigError(f"unknown combiner {self.combiner!r}; choose one of {', '.join(COMBINERS)}")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}")
+        if isinstance(self.granularity_policy, dict):
+            object.__setattr__(self, "granularity_policy", GranularityPolicy(**self.granularity_policy))
+        if not (isinstance(self.auto_sharpness, int | float) and math.isfinite(self.auto_sharpness)) or (
+            self.auto_sharpness < 0
+        ):
+            raise ConfigError(f"auto_sharpness must be a finite number >= 0, got {self.auto_sharpness!r}")
+        if isinstance(self.weights, str):
+            if self.weights != "auto":
+                raise ConfigError(f"weights must be numbers or 'auto', got {self.weights!r}")
+        elif self.weights is not None:
             ws = tuple(float(w) for w in self.weights)
             if any(not math.isfinite(w) or w < 0 for w in ws) or sum(ws) <= 0:
                 raise ConfigError(f"weights must be finite, non-negative and not all zero, got {list(ws)}")
@@ -64,8 +89,8 @@ class DecodeConfig:
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
     def member_weights(self, n_members: int) -> tuple[float, ...]:
-        """Weights normalised to sum to one; equal unless given."""
-        if self.weights is None:
+        """Weights normalised to sum to one; equal unless given ("auto" starts equal, see decoding/evidence.py)."""
+        if self.weights is None or self.weights == "auto":
             return tuple(1.0 / n_members for _ in range(n_members))
         if len(self.weights) != n_members:
             raise ConfigError(f"{len(self.weights)} weights given for {n_members} members")
@@ -75,7 +100,7 @@ class DecodeConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stop"] = list(self.stop)
-        d["weights"] = list(self.weights) if self.weights is not None else None
+        d["weights"] = self.weights if self.weights is None or isinstance(self.weights, str) else list(self.weights)
         return d
 
 

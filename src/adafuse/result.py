@@ -66,6 +66,10 @@ class Telemetry:
     wall_seconds: float = 0.0
     #: members dropped mid-generation (remote failure with the ``drop`` policy): name -> reason.
     dropped: dict[str, str] = field(default_factory=dict)
+    #: the member weights the votes used (after ``weights="auto"``, the evidence weights).
+    weights: dict[str, float] = field(default_factory=dict)
+    #: with ``weights="auto"``: each member's NLL of its prompt in nats per byte (the evidence).
+    prompt_nll: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens_evaluated(self) -> int:

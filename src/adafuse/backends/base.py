@@ -91,6 +91,11 @@ class Member(Protocol):
         """Top-k next tokens after ``context``."""
         ...
 
+    def evidence(self, context: Sequence[int]) -> float | None:
+        """Log-probability of ``context[1:]``, each token given the ones before (the member's likelihood of its
+        own prompt, for automatic weights); None when the backend cannot compute it cheaply."""
+        ...
+
     def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
         """Next-token log-probabilities of the given ids after ``context`` (for token-level fusion)."""
         ...

@@ -649,6 +649,10 @@ class HFMember:
             assert row is not None
             self._remember(len(context) - 1, row)
 
+    def evidence(self, context: Sequence[int]) -> float | None:
+        # Not yet: the full-vocabulary rows of a whole prompt in fp32 are large; auto weights fall back.
+        return None
+
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock, torch.inference_mode():
             row = self._row_after(context)

@@ -9,6 +9,7 @@ remember the few distributions we will ask for again (branching returns to the s
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -75,7 +76,7 @@ class LlamaCppMember:
         name: str | None = None,
         n_ctx: int = 4096,
         n_threads: int | None = None,
-        n_batch: int = 512,
+        n_batch: int = _CHUNK,
     ) -> None:
         _init_backend()
         self.path = Path(path)
@@ -87,10 +88,15 @@ class LlamaCppMember:
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (corrupt or unsupported GGUF file)")
         threads = n_threads or max(1, os.cpu_count() or 1)
+        # A member that leaves cores free runs alongside the others (``map_active``): one-token decodes of small
+        # models barely use a second thread, so members in parallel beat one member with all the threads.
+        self.concurrent = threads < (os.cpu_count() or 1) and not os.environ.get("XSEQ")
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
-        cparams.n_ubatch = n_batch
+        # Prompts are decoded in _CHUNK-token calls and everything else one token at a time, so llama.cpp's
+        # compute buffers (sized by the micro-batch) need not be larger: ~100 MB less per member than 512.
+        cparams.n_ubatch = min(n_batch, _CHUNK)
         cparams.n_seq_max = 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
@@ -115,6 +121,8 @@ class LlamaCppMember:
         self._piece_cache: dict[int, bytes] = {}
         # Token ids held in KV sequence 0, and the next-token logits we still hold, by position.
         self._cache: list[int] = []
+        # log P(cache[i] | cache[:i]) where a prompt was decoded with every row kept (``evidence``), else NaN.
+        self._lp: list[float] = []
         self._rows: OrderedDict[int, tuple[np.ndarray, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
@@ -183,6 +191,7 @@ class LlamaCppMember:
                 self._reset()
                 raise MemberError(self.name, f"llama_decode failed with code {rc}")
             self._cache.extend(chunk)
+            self._lp.extend([math.nan] * len(chunk))
             lo += len(chunk)
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
         self._remember(start + len(tokens) - 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
@@ -190,12 +199,14 @@ class LlamaCppMember:
     def _reset(self) -> None:
         llama_cpp.llama_memory_clear(self._mem, True)
         self._cache.clear()
+        self._lp.clear()
         self._rows.clear()
 
     def _truncate(self, n: int) -> None:
         if n < len(self._cache):
             llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
             del self._cache[n:]
+            del self._lp[n:]
             # A row at position p depends on tokens 0..p only.
             for pos in [p for p in self._rows if p >= n]:
                 del self._rows[pos]
@@ -240,6 +251,71 @@ class LlamaCppMember:
             self._truncate(keep)
             self.stats.tokens_reused += keep
             self._decode(list(context[keep:]), keep)
+
+    def evidence(self, context: Sequence[int]) -> float | None:
+        """Sum of log P(token | tokens before) over the context, computed once per prompt prefix.
+
+        Positions not yet known are decoded again from a chunk boundary with every row kept: the same chunks as
+        ``prefill``, so the cache ends up holding exactly what it held, and the answer does not change.
+        """
+        n = len(context)
+        with self._lock:
+            held = common_prefix_len(self._cache, context)
+            unknown = next((i for i in range(1, n) if i >= held or math.isnan(self._lp[i])), n)
+            # The last, partial chunk is always walked again: a longer prompt walked before held it in a full
+            # chunk, whose numbers differ slightly, and the weights must not depend on what ran before.
+            last = (n - 1) - (n - 1) % _CHUNK
+            unknown = min(unknown, last + 1)
+            if unknown < n:
+                # The first unknown token needs the row before it: start a chunk earlier if it opens a chunk.
+                start = unknown - unknown % _CHUNK
+                if start == unknown:
+                    start = max(0, start - _CHUNK)
+                first = self._lp[start] if start > 0 else 0.0  # known: every position before ``unknown`` is
+                self._truncate(start)
+                self._rows.clear()
+                self._decode_keeping_rows(list(context[start:]), start, first)
+            return float(sum(self._lp[1:n]))
+
+    def _decode_keeping_rows(self, tokens: list[int], start: int, first: float) -> None:
+        """``_decode`` for a prompt, with the log-probability of every token it holds kept in ``_lp``.
+
+        ``first`` is the log-probability of ``tokens[0]``, whose row comes before this walk.
+        """
+        lo = 0
+        prev: tuple[np.ndarray, float] | None = None
+        while lo < len(tokens):
+            pos = start + lo
+            chunk = tokens[lo : lo + (_CHUNK - pos % _CHUNK)]
+            b = self._batch
+            b.n_tokens = len(chunk)
+            for i, tok in enumerate(chunk):
+                b.token[i] = tok
+                b.pos[i] = pos + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = True
+            rc = llama_cpp.llama_decode(self._ctx, b)
+            self.stats.forward_calls += 1
+            self.stats.tokens_evaluated += len(chunk)
+            if rc != 0:
+                self._reset()
+                raise MemberError(self.name, f"llama_decode failed with code {rc}")
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(len(chunk), self.n_vocab))
+            peak = rows.max(axis=1, keepdims=True)
+            lse = (peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))).astype(np.float64)
+            for i, tok in enumerate(chunk):
+                # The row before a chunk's first token is the previous chunk's last.
+                if i > 0:
+                    self._lp.append(float(rows[i - 1, tok] - lse[i - 1]))
+                elif prev is not None:
+                    self._lp.append(float(prev[0][tok] - prev[1]))
+                else:
+                    self._lp.append(first)
+                self._cache.append(tok)
+            prev = (rows[-1].copy(), float(lse[-1]))
+            self._remember(pos + len(chunk) - 1, rows[-1])
+            lo += len(chunk)
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock:

@@ -1,44 +1,28 @@
-"""The AdaFuse round: propose adaptively, union, score by everyone, commit the best.
+"""The AdaFuse round: read every member's confidence, pick the unit, propose, union, score by everyone, commit.
 
-Confident members (top-1 margin >= theta) write up to ``max_words`` words while they stay confident; uncertain
-members branch on their top-B first tokens, one word each. All distinct candidates are scored by every member
-and the lowest weighted mean NLL wins. When every member proposes the same single string, scoring cannot
-change the choice, so it is skipped (the fast path).
+Confident members (top-1 margin >= theta) write up to the round's unit (``max_words`` words in the paper's
+setting) while they stay confident; uncertain members branch on their top-B first tokens, one word each. All
+distinct candidates are scored by every member and the lowest weighted mean NLL wins. When every member proposes
+the same single string, scoring cannot change the choice, so it is skipped (the fast path).
 """
 
 from __future__ import annotations
 
-from adafuse.backends.base import Step
+from adafuse.backends.base import Step, TopK
 from adafuse.decoding.failure import map_active
+from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
 from adafuse.decoding.proposals import DraftWriter, write_draft
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.result import Proposal, Round
 
 
-def propose(state: DecodeState, member: int) -> tuple[Proposal, list[Draft]]:
-    """One member's candidates for this round: one long draft when confident, B one-word drafts when not."""
-    cfg = state.config
-    view = state.views[member]
-    first = view.member.next_token(state.context(member), max(cfg.beam, cfg.top_k, 2))
-    cap = cfg.word_token_cap * cfg.max_words
-    confident = first.margin >= cfg.theta
-    if confident:
-        writers = [DraftWriter(state, member, cfg.max_words, cfg.theta, cap, word_cap=cfg.word_token_cap)]
-        firsts = [first.ids[0]]
-    else:
-        firsts = list(first.ids[: cfg.beam])
-        writers = [DraftWriter(state, member, 1, None, cfg.word_token_cap) for _ in firsts]
-    drafts = [write_draft(state, member, Step(first, tok), w) for tok, w in zip(firsts, writers, strict=True)]
-    margins = [first.margin] + (writers[0].margins if confident else [])
-    proposal = Proposal(view.name, margins, branched=not confident, candidates=[d.text for d in drafts])
-    return proposal, drafts
-
-
 def adafuse_round(state: DecodeState, index: int) -> Round:
+    firsts = dict(zip(state.active, map_active(state, lambda i: first_step(state, i)), strict=True))
+    unit = choose_unit(state, firsts)
     proposals: list[Proposal] = []
     drafts: list[Draft] = []
-    for proposal, own in map_active(state, lambda i: propose(state, i)):
+    for proposal, own in map_active(state, lambda i: propose(state, i, firsts[i], unit)):
         proposals.append(proposal)
         drafts.extend(own)
     if state.config.drop_unfinished and any(not d.unfinished for d in drafts):
@@ -50,6 +34,64 @@ def adafuse_round(state: DecodeState, index: int) -> Round:
     if fast:
         chosen = 0
     else:
+        state.confidence = {i: top.logprobs[0] for i, top in firsts.items()}
         score_candidates(state, candidates, drafts)
         chosen = select(candidates)
-    return Round(index, proposals, candidates, chosen, candidates[chosen].text, fast_path=fast)
+    return Round(index, proposals, candidates, chosen, candidates[chosen].text, fast_path=fast, unit=unit.name)
+
+
+def first_step(state: DecodeState, member: int) -> TopK:
+    cfg = state.config
+    return state.views[member].member.next_token(state.context(member), max(cfg.beam, cfg.top_k, 2))
+
+
+def choose_unit(state: DecodeState, firsts: dict[int, TopK]) -> Unit:
+    cfg = state.config
+    if cfg.granularity != "adaptive":
+        return fixed_unit(cfg.granularity, cfg.max_words, cfg.granularity_policy)
+    signals = Signals(
+        margins=tuple(top.margin for top in firsts.values()),
+        entropies=tuple(entropy(top) for top in firsts.values()),
+        agree_streak=agree_streak(state),
+        kind=text_kind(state.views[state.active[0]].prompt + state.committed),
+        words_so_far=words_in(state.committed),
+    )
+    return decide(signals, cfg.theta, cfg.max_words, cfg.granularity_policy)
+
+
+def agree_streak(state: DecodeState) -> int:
+    streak = 0
+    for rnd in reversed(state.rounds):
+        if not rnd.fast_path:
+            break
+        streak += 1
+    return streak
+
+
+def propose(state: DecodeState, member: int, first: TopK, unit: Unit) -> tuple[Proposal, list[Draft]]:
+    """One member's candidates for this round: one long draft when confident, B one-word drafts when not."""
+    cfg = state.config
+    view = state.views[member]
+    confident = first.margin >= cfg.theta
+    cap = cfg.word_token_cap * unit.max_words
+    unit_tokens = 1 if unit.name == "token" else None
+    if confident:
+        writer = DraftWriter(
+            state,
+            member,
+            unit.max_words,
+            cfg.theta,
+            cap,
+            word_cap=cfg.word_token_cap,
+            boundary=unit.boundary,
+            unit_tokens=unit_tokens,
+        )
+        writers = [writer]
+        firsts = [first.ids[0]]
+    else:
+        firsts = list(first.ids[: cfg.beam])
+        writers = [DraftWriter(state, member, 1, None, cfg.word_token_cap, unit_tokens=unit_tokens) for _ in firsts]
+    drafts = [write_draft(state, member, Step(first, tok), w) for tok, w in zip(firsts, writers, strict=True)]
+    margins = [first.margin] + (writers[0].margins if confident else [])
+    proposal = Proposal(view.name, margins, branched=not confident, candidates=[d.text for d in drafts])
+    return proposal, drafts

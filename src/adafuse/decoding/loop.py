@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from adafuse.decoding.evidence import apply_auto_weights
 from adafuse.decoding.state import DecodeState
 from adafuse.decoding.stopping import find_stop
 from adafuse.decoding.words import decode_utf8_prefix
@@ -27,7 +28,8 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
     for i in state.active:
         state.views[i].member.prefill(state.context(i))
-    rounds: list[Round] = []
+    prompt_nll = apply_auto_weights(state) if cfg.weights == "auto" and state.config.method != "single" else None
+    rounds = state.rounds
     finish = ""
     while not finish:
         if cfg.max_rounds is not None and len(rounds) >= cfg.max_rounds:
@@ -55,6 +57,8 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         fused_rounds=sum(not r.fast_path for r in rounds),
         output_tokens=output_tokens(state),
         wall_seconds=time.perf_counter() - start,
+        weights={state.views[i].name: state.weights[i] for i in state.active},
+        prompt_nll=prompt_nll or {},
     )
     return Result(
         text=state.committed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from adafuse.backends.base import Step, TopK
+from adafuse.decoding.granularity import boundary_end
 from adafuse.decoding.scoring import Draft
 from adafuse.decoding.state import DecodeState
 from adafuse.decoding.stopping import find_stop
@@ -28,6 +29,10 @@ class DraftWriter:
     min_tokens: int | None = None
     #: a word that has taken this many tokens without ending stops the draft (a guard against endless words).
     word_cap: int | None = None
+    #: end at the first sentence ("sentence") or paragraph ("paragraph") end (see granularity.boundary_end).
+    boundary: str | None = None
+    #: token granularity: the draft is exactly this many tokens, whatever they spell.
+    unit_tokens: int | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     margins: list[float] = field(default_factory=list)
@@ -51,6 +56,10 @@ class DraftWriter:
         self._words = len(ends)
         if len(ends) > prev_words:
             self._word_start = len(self.tokens) - 1
+            if self.boundary is not None:
+                cut = boundary_end(text, self.boundary)
+                if cut is not None and cut <= ends[-1]:
+                    return self._finish_at(text[:cut])
             # The word ends before its trailing whitespace; a stop string starting there is the next round's.
             if len(ends) >= self.max_words:
                 return self._finish_at(text[: ends[self.max_words - 1]])
@@ -63,6 +72,8 @@ class DraftWriter:
         cut = self._stop_cut(text)
         if cut is not None:
             return self._finish(text[:cut])
+        if self.unit_tokens is not None and len(self.tokens) >= self.unit_tokens and text:
+            return self._finish(text)
         runaway = self.word_cap is not None and len(self.tokens) - self._word_start >= self.word_cap
         if runaway or len(self.tokens) >= self.max_tokens or self._context_full():
             draft = self._finish(text)

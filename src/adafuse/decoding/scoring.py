@@ -127,16 +127,22 @@ def _norm(mode: str, cand: Candidate, n_tokens: int) -> float:
 
 
 def combine(state: DecodeState, cand: Candidate) -> float:
-    """Weighted mean of the active members' scores; a non-finite score is an error, never a silent drop."""
+    """Weighted mean of the active members' scores; a non-finite score is an error, never a silent drop.
+
+    With the ``confidence`` combiner a member's weight is multiplied by its top-1 probability at this round's
+    first token: a member that is sure of what comes next counts for more than one that is guessing.
+    """
     total = 0.0
     weight = 0.0
+    by_confidence = state.config.combiner == "confidence"
     for i in state.active:
         name = state.views[i].name
         s = cand.scores[name]
         if not math.isfinite(s):
             raise MemberError(name, f"produced a non-finite score ({s}) for candidate {cand.text!r}")
-        total += state.weights[i] * s
-        weight += state.weights[i]
+        w = state.weights[i] * (math.exp(state.confidence.get(i, 0.0)) if by_confidence else 1.0)
+        total += w * s
+        weight += w
     return total / weight if weight > 0 else math.inf
 
 

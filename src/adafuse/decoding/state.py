@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from adafuse.backends.base import Member
 from adafuse.config import DecodeConfig
+from adafuse.result import Round
 
 
 @dataclass
@@ -57,6 +58,10 @@ class DecodeState:
     committed: str = ""
     #: members still voting; a remote member dropped under the ``drop`` policy leaves this set.
     active: list[int] = field(default_factory=list)
+    #: the rounds committed so far (the loop appends them): the granularity controller reads the agreement.
+    rounds: list[Round] = field(default_factory=list)
+    #: this round's top-1 log-probability of each member at its first token (the ``confidence`` combiner).
+    confidence: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.active:

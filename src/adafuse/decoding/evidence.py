@@ -1,0 +1,48 @@
+"""Automatic member weights from evidence inside the request: how well each member predicts its own prompt.
+
+A few-shot prompt is labelled data for the task at hand: the worked examples' answers, in the task's own format.
+A member that finds that text likely (low NLL per byte) is, on the evidence, better at this task. With
+``nll_m`` the member's negative log-likelihood of its prompt in nats per UTF-8 byte (per byte, so tokenizers
+with different vocabularies compare fairly) and ``w0_m`` the given weights (equal by default):
+
+    w_m  =  w0_m * exp(-beta * nll_m)  /  sum_k w0_k * exp(-beta * nll_k)
+
+``beta`` (``auto_sharpness``, default 20) turns per-byte differences of a few hundredths into clear preferences
+without silencing anyone. A shared few-shot prefix is scored once per member and cached with the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from adafuse.decoding.state import DecodeState
+
+
+def prompt_nll_per_byte(state: DecodeState) -> dict[int, float] | None:
+    """Each active member's NLL of its own prompt, per byte; None if a member cannot report it."""
+    out: dict[int, float] = {}
+    for i in state.active:
+        view = state.views[i]
+        logprob = view.member.evidence(view.ids(""))
+        if logprob is None:
+            return None
+        out[i] = -logprob / max(1, len(view.prompt.encode("utf-8")))
+    return out
+
+
+def evidence_weights(base: Sequence[float], nll: dict[int, float], sharpness: float) -> tuple[float, ...]:
+    """The rule above; members without evidence (not voting) keep weight 0 in the result's normalisation."""
+    best = min(nll.values())
+    raw = [base[i] * math.exp(-sharpness * (nll[i] - best)) if i in nll else 0.0 for i in range(len(base))]
+    total = sum(raw)
+    return tuple(w / total for w in raw)
+
+
+def apply_auto_weights(state: DecodeState) -> dict[str, float] | None:
+    """Replace ``state.weights`` by evidence weights; returns member name -> NLL per byte for the trace."""
+    nll = prompt_nll_per_byte(state)
+    if nll is None:
+        return None
+    state.weights = evidence_weights(state.weights, nll, state.config.auto_sharpness)
+    return {state.views[i].name: v for i, v in nll.items()}

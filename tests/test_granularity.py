@@ -1,0 +1,211 @@
+"""The granularity controller, the confidence combiner and evidence weights, on scripted members."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakes import EOS, ScriptedMember, table
+
+from adafuse.config import DecodeConfig
+from adafuse.decoding.evidence import evidence_weights
+from adafuse.decoding.granularity import (
+    GranularityPolicy,
+    Signals,
+    boundary_end,
+    decide,
+    text_kind,
+)
+from adafuse.ensemble import Ensemble
+from adafuse.errors import ConfigError
+from adafuse.result import Result
+
+POLICY = GranularityPolicy()
+
+
+def signals(margins=(0.9, 0.95), entropies=(0.3, 0.2), streak=0, kind="prose", words=10) -> Signals:
+    return Signals(tuple(margins), tuple(entropies), streak, kind, words)
+
+
+# -- the rule, on signals ---------------------------------------------------------------------------------------
+
+
+def test_agreeing_confident_members_get_a_sentence_then_a_paragraph():
+    assert decide(signals(streak=0), 0.7, 3, POLICY).name == "word"
+    assert decide(signals(streak=1), 0.7, 3, POLICY).name == "sentence"
+    assert decide(signals(streak=3), 0.7, 3, POLICY).name == "paragraph"
+    assert decide(signals(streak=3), 0.7, 3, POLICY).boundary == "paragraph"
+
+
+def test_doubt_or_disagreement_shortens_the_unit():
+    # One member unsure (margin under theta): words, however long the agreement lasted.
+    assert decide(signals(margins=(0.9, 0.5), streak=5), 0.7, 3, POLICY).name == "word"
+    # A flat distribution (high entropy) counts as unsure even with a margin.
+    assert decide(signals(entropies=(0.3, 2.5), streak=5), 0.7, 3, POLICY).name == "word"
+    # Everyone lost: one token at a time.
+    unit = decide(signals(margins=(0.05, 0.02), streak=5), 0.7, 3, POLICY)
+    assert (unit.name, unit.max_words) == ("token", 1)
+
+
+def test_the_first_words_of_an_answer_are_decided_word_by_word():
+    assert decide(signals(streak=4, words=0), 0.7, 3, POLICY).name == "word"
+    assert decide(signals(streak=4, words=1), 0.7, 3, POLICY).name == "word"
+    assert decide(signals(streak=4, words=2), 0.7, 3, POLICY).name == "paragraph"
+
+
+def test_maths_is_fused_a_word_at_a_time_and_code_never_grows():
+    unit = decide(signals(streak=4, kind="maths"), 0.7, 3, POLICY)
+    assert (unit.name, unit.max_words) == ("word", 1)
+    unit = decide(signals(streak=4, kind="code"), 0.7, 3, POLICY)
+    assert (unit.name, unit.max_words) == ("word", 3)
+
+
+def test_policy_thresholds_are_configurable():
+    eager = GranularityPolicy(sentence_after=0, lead_words=0, sentence_words=5)
+    unit = decide(signals(streak=0, words=0), 0.7, 3, eager)
+    assert (unit.name, unit.max_words) == ("sentence", 5)
+    with pytest.raises(ConfigError, match="sentence_words"):
+        GranularityPolicy(sentence_words=0)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Natalia sold 48 / 2 = 24", "maths"),
+        ("so the total is $12 + 7 = ", "maths"),
+        ("The answer is \\boxed{42", "maths"),
+        ("Here is the code:\n```python\nx = 1", "code"),
+        ("def add(a, b):\n    return", "code"),
+        ("if (x) {", "code"),
+        ("George V married Mary of Teck in 1893 and", "prose"),
+        ("Question: Who wrote Hamlet?\nAnswer:", "prose"),
+        ("", "prose"),
+    ],
+)
+def test_text_kind_detectors(text, kind):
+    assert text_kind(text) == kind
+
+
+def test_sentence_and_paragraph_ends():
+    assert boundary_end(" He came. Then he left.", "sentence") == len(" He came.")
+    assert boundary_end(" He came home\nThen", "sentence") == len(" He came home")
+    assert boundary_end(" Mr. Smith", "sentence") == len(" Mr.")  # a cheap detector, not a parser
+    assert boundary_end(" no end yet", "sentence") is None
+    assert boundary_end(" one.\n\nTwo", "paragraph") == len(" one.")
+    assert boundary_end(" one.\nTwo", "paragraph") is None
+
+
+# -- the controller inside the decoder --------------------------------------------------------------------------
+
+PIECES = [" The", " cat", " sat", " on", " the", " mat", ".", " It", " purred", " loudly", " dog", "\n"]
+STORY = {
+    "": {" The": 0.97},
+    " The": {" cat": 0.97},
+    " The cat": {" sat": 0.97},
+    " The cat sat": {" on": 0.97},
+    " The cat sat on": {" the": 0.97},
+    " The cat sat on the": {" mat": 0.97},
+    " The cat sat on the mat": {".": 0.97},
+    " The cat sat on the mat.": {" It": 0.97},
+    " The cat sat on the mat. It": {" purred": 0.97},
+    " The cat sat on the mat. It purred": {" loudly": 0.97},
+    " The cat sat on the mat. It purred loudly": {".": 0.97},
+    " The cat sat on the mat. It purred loudly.": {EOS: 0.99},
+}
+
+
+def story_member(name: str, rows: dict) -> ScriptedMember:
+    return ScriptedMember(name, PIECES, table(rows), prompt="Story:")
+
+
+def test_adaptive_granularity_commits_whole_sentences_once_members_keep_agreeing():
+    ens = Ensemble([story_member("a", STORY), story_member("b", STORY)])
+    word = ens.generate("Story:", DecodeConfig(max_words=1))
+    adaptive = ens.generate("Story:", DecodeConfig(max_words=1, granularity="adaptive"))
+    assert adaptive.text == word.text == " The cat sat on the mat. It purred loudly."
+    assert [r.unit for r in adaptive.rounds][:3] == ["word", "word", "sentence"]
+    # Third round: two agreeing rounds, two words in, everyone sure: the rest of the sentence at once.
+    assert adaptive.rounds[2].committed == " sat on the mat."
+    assert adaptive.telemetry.rounds < word.telemetry.rounds
+
+
+def test_adaptive_granularity_drops_back_to_words_where_members_disagree():
+    other = dict(STORY)
+    other[" The cat sat on the mat. It"] = {" purred": 0.5, " sat": 0.45}
+    ens = Ensemble([story_member("a", STORY), story_member("b", other)])
+    res = ens.generate("Story:", DecodeConfig(max_words=1, granularity="adaptive"))
+    units = {r.committed: r.unit for r in res.rounds}
+    assert units[" purred"] == "word"  # b is unsure there: a word, scored by both
+    assert res.text == " The cat sat on the mat. It purred loudly."
+
+
+def test_fixed_token_granularity_fuses_one_token_per_round():
+    ens = Ensemble([story_member("a", STORY), story_member("b", STORY)])
+    res = ens.generate("Story:", DecodeConfig(granularity="token"))
+    assert all(r.unit == "token" for r in res.rounds)
+    assert res.rounds[0].committed == " The" and res.telemetry.rounds == 12  # 11 tokens, then the end
+
+
+def test_granularity_and_combiner_are_validated():
+    with pytest.raises(ConfigError, match="granularity"):
+        DecodeConfig(granularity="chapter")
+    with pytest.raises(ConfigError, match="combiner"):
+        DecodeConfig(combiner="max")
+    with pytest.raises(ConfigError, match="weights"):
+        DecodeConfig(weights="best")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="auto_sharpness"):
+        DecodeConfig(auto_sharpness=-1)
+
+
+# -- combiners and weights --------------------------------------------------------------------------------------
+
+QA = [" Paris", " Rome", " Lyon", "\n"]
+# a proposes " Paris" but is unsure; b is very sure of " Rome"; each scores the other's answer lower.
+SURE_ROME = {"": {" Rome": 0.9, " Paris": 0.05}, " Rome": {EOS: 0.99}, " Paris": {EOS: 0.99}}
+UNSURE_PARIS = {"": {" Paris": 0.45, " Rome": 0.2, " Lyon": 0.3}, " Rome": {EOS: 0.99}, " Paris": {EOS: 0.99}}
+
+
+def qa_member(name: str, rows: dict, logprob: float | None = None) -> ScriptedMember:
+    m = ScriptedMember(name, QA, table(rows), prompt="Q:")
+    m.prompt_logprob = logprob
+    return m
+
+
+def test_confidence_combiner_lets_the_sure_member_decide():
+    cfg = DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2))
+    ens = Ensemble([qa_member("a", UNSURE_PARIS), qa_member("b", SURE_ROME)])
+    # The mean NLL with a's heavy weight prefers a's answer ...
+    assert ens.generate("Q:", cfg).text == " Paris"
+    # ... weighting each vote by the voter's certainty this round hands it to b.
+    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2), combiner="confidence"))
+    assert res.text == " Rome"
+
+
+def test_evidence_weights_follow_the_rule():
+    w = evidence_weights((0.5, 0.5), {0: 1.0, 1: 1.1}, 20.0)
+    assert w[0] / w[1] == pytest.approx(2.718281828**2, rel=1e-6)
+    assert sum(w) == pytest.approx(1.0)
+    assert evidence_weights((0.5, 0.5), {0: 1.0, 1: 1.1}, 0.0) == pytest.approx((0.5, 0.5))
+    # A member not voting keeps no weight.
+    assert evidence_weights((1 / 3,) * 3, {0: 0.9, 2: 0.9}, 20.0) == pytest.approx((0.5, 0.0, 0.5))
+
+
+def test_auto_weights_trust_the_member_that_predicts_the_prompt_best():
+    # The prompt is "Q:" (2 bytes): b's log-likelihood is far higher, so b's answer wins despite equal base weights.
+    ens = Ensemble([qa_member("a", UNSURE_PARIS, logprob=-3.0), qa_member("b", SURE_ROME, logprob=-2.0)])
+    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2)))
+    assert res.text == " Paris"
+    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights="auto"))
+    assert res.text == " Rome"
+    assert res.telemetry.prompt_nll == {"a": 1.5, "b": 1.0}
+    assert res.telemetry.weights["b"] > 0.99
+    # The result (and its config) survive a JSON round trip.
+    back = Result.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert back.telemetry.weights == res.telemetry.weights and back.config["weights"] == "auto"
+
+
+def test_auto_weights_fall_back_to_the_given_weights_when_a_member_cannot_tell():
+    ens = Ensemble([qa_member("a", UNSURE_PARIS, logprob=-3.0), qa_member("b", SURE_ROME, logprob=None)])
+    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights="auto"))
+    assert res.telemetry.prompt_nll == {}
+    assert res.telemetry.weights == {"a": 0.5, "b": 0.5}
