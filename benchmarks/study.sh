@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The dev-set study behind docs/RESULTS.md: every method on the six tasks with the three built-in models.
-# Usage: bash benchmarks/study.sh OUT_DIR [PART]    PART: qa | long | sweep | all (default all)
+# Usage: bash benchmarks/study.sh OUT_DIR [PART]    PART: qa | long | sweep | options | all (default all)
+# options: the beyond-the-paper options (granularity, combiner, automatic weights) on every task, beside the rest
+# (WITH_OPTIONS=1 adds them to the qa or long part alone, to run the two parts side by side).
 # Resumable: rerun the same command after an interruption and finished items are kept.
 # Calibration (member weights) uses dev rows that the evaluation does not: rows [0, N_CAL) of each task, while
 # the evaluation starts at EVAL_OFFSET. Sizes are environment variables; the defaults are what we ran here.
@@ -18,6 +20,13 @@ qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-30} ${N_C
 long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}"
   "gsm8k 50 ${N_GSM8K:-4} ${N_CAL_LONG:-5}")
 
+# Beyond the paper (docs/RESULTS.md, "Granularity, combiner and weights").
+options="adafuse@granularity=adaptive,adafuse@combiner=confidence,adafuse@weights=auto"
+if [[ "$part" == options || -n "${WITH_OPTIONS:-}" ]]; then
+  methods="$methods,$options"
+  long_methods="$long_methods,$options"
+fi
+
 study_task() {
   local task=$1 offset=$2 n=$3 ncal=$4 methods=$5
   adafuse calibrate "${base[@]}" --task "$task" --limit "$ncal" --out "$out/calibrate/$task"
@@ -28,10 +37,10 @@ study_task() {
     --limit "$n" --out "$out/$task"
 }
 
-if [[ "$part" == qa || "$part" == all ]]; then
+if [[ "$part" == qa || "$part" == options || "$part" == all ]]; then
   for spec in "${qa_tasks[@]}"; do study_task $spec "$methods"; done
 fi
-if [[ "$part" == long || "$part" == all ]]; then
+if [[ "$part" == long || "$part" == options || "$part" == all ]]; then
   for spec in "${long_tasks[@]}"; do study_task $spec "$long_methods"; done
 fi
 if [[ "$part" == sweep || "$part" == all ]]; then

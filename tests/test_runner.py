@@ -314,6 +314,24 @@ def test_refuses_to_mix_a_different_run_into_the_directory(tmp_path, task, zoo, 
     assert (out / PREDICTIONS).read_bytes() == before
 
 
+def test_a_run_recorded_before_an_option_existed_resumes_at_its_default(tmp_path, task, zoo):
+    out = tmp_path / "run"
+    run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=2, progress=False)
+    manifest = json.loads((out / "run.json").read_text())
+    config = manifest["identity"]["config"]
+    del config["granularity"]  # an older version wrote no such field ...
+    config["retired_option"] = False  # ... and one it wrote has since gone, recorded switched off
+    (out / "run.json").write_text(json.dumps(manifest))
+    again = run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=3, progress=False)
+    assert again["n"] == 3
+    with pytest.raises(ConfigError, match="config.granularity: 'word' now 'adaptive'"):
+        run_eval(task, zoo.ensemble(), DecodeConfig(granularity="adaptive"), out, progress=False)
+    config["retired_option"] = True  # switched on, it may have changed the answers: not mixed
+    (out / "run.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="retired_option"):
+        run_eval(task, zoo.ensemble(), DecodeConfig(), out, progress=False)
+
+
 def test_refuses_when_the_prompt_or_the_data_changed(tmp_path, task, zoo):
     out = tmp_path / "run"
     run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=2, progress=False)

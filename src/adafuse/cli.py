@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adafuse.config import METHODS, DecodeConfig
+from adafuse.config import COMBINER_HELP, GRANULARITY_HELP, METHODS, WEIGHTS_HELP, DecodeConfig
 from adafuse.errors import AdafuseError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adaptive ensemble decoding of LLMs.")
@@ -46,10 +46,12 @@ def parse_models(models: str | None) -> list[str] | None:
     return specs
 
 
-def parse_weights(weights: str | None, specs: list[str] | None = None) -> tuple[float, ...] | None:
-    """``a,b,c``, or a weights file written by ``adafuse calibrate`` (checked against the members)."""
+def parse_weights(weights: str | None, specs: list[str] | None = None) -> tuple[float, ...] | str | None:
+    """``a,b,c``, ``auto``, or a weights file written by ``adafuse calibrate`` (checked against the members)."""
     if weights is None:
         return None
+    if weights.strip() == "auto":
+        return "auto"
     if weights.endswith(".json"):
         from adafuse.backends import DEFAULT_ENSEMBLE
         from adafuse.evaluation.calibrate import load_weights
@@ -59,7 +61,7 @@ def parse_weights(weights: str | None, specs: list[str] | None = None) -> tuple[
     try:
         return tuple(float(w) for w in weights.split(","))
     except ValueError:
-        fail(f"--weights must be comma-separated numbers or a weights .json file, got {weights!r}")
+        fail(f"--weights must be comma-separated numbers, auto, or a weights .json file, got {weights!r}")
         raise
 
 
@@ -74,9 +76,9 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     boxed: Annotated[bool, typer.Option(help="Stop once a \\boxed{...} answer is complete.")] = False,
-    weights: Annotated[
-        str | None, typer.Option(help="Member weights: comma-separated, or a weights .json from `adafuse calibrate`.")
-    ] = None,
+    weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    granularity: Annotated[str, typer.Option(help=GRANULARITY_HELP)] = "word",
+    combiner: Annotated[str, typer.Option(help=COMBINER_HELP)] = "mean",
     member: Annotated[int, typer.Option(help="Member index for --method single.")] = 0,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's chat template.")] = False,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context window per member.")] = 4096,
@@ -98,6 +100,8 @@ def generate(
             stop=tuple(unescape(s) for s in stop or ()),
             stop_at_boxed=boxed,
             weights=parse_weights(weights, specs),
+            granularity=granularity,
+            combiner=combiner,
             single_member=member,
         )
         text = unescape(prompt)

@@ -12,6 +12,13 @@ from adafuse.errors import ConfigError
 Normalisation = Literal["token", "char", "sum"]
 METHODS = ("adafuse", "token", "span", "sample", "single")
 COMBINERS = ("mean", "confidence")
+# One wording of the new options for every command line that offers them.
+WEIGHTS_HELP = (
+    "Member weights: comma-separated numbers, auto (from each member's likelihood of its prompt), "
+    "or a weights .json from `adafuse calibrate`."
+)
+GRANULARITY_HELP = "Fusion unit per round: word (the paper), adaptive, token, sentence or paragraph."
+COMBINER_HELP = "mean: weighted mean NLL (the paper); confidence: votes also weighted by each member's certainty."
 
 
 @dataclass(frozen=True)

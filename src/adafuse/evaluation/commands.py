@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from adafuse.config import METHODS, DecodeConfig
+from adafuse.config import COMBINER_HELP, GRANULARITY_HELP, METHODS, WEIGHTS_HELP, DecodeConfig
 from adafuse.errors import AdafuseError, ConfigError
 from adafuse.evaluation.tasks import TASK_NAMES, Task, custom_task, load_task
 
@@ -28,9 +28,9 @@ OffsetOpt = Annotated[int, typer.Option(min=0, help="Skip this many items first.
 ThetaOpt = Annotated[float, typer.Option(help="Margin a member needs to count as confident.")]
 MaxWordsOpt = Annotated[int, typer.Option("--max-words", help="Longest span in words per round.")]
 BeamOpt = Annotated[int, typer.Option(help="First tokens an uncertain member branches on (B).")]
-WeightsOpt = Annotated[
-    str | None, typer.Option(help="Member weights: comma-separated, or a weights .json from `adafuse calibrate`.")
-]
+WeightsOpt = Annotated[str | None, typer.Option(help=WEIGHTS_HELP)]
+GranularityOpt = Annotated[str, typer.Option(help=GRANULARITY_HELP)]
+CombinerOpt = Annotated[str, typer.Option(help=COMBINER_HELP)]
 ChatOpt = Annotated[bool, typer.Option(help="Render prompts with each member's chat template.")]
 NCtxOpt = Annotated[int, typer.Option("--n-ctx", help="Context window per member.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads per member.")]
@@ -92,6 +92,8 @@ def eval_command(
     max_words: MaxWordsOpt = 3,
     beam: BeamOpt = 3,
     weights: WeightsOpt = None,
+    granularity: GranularityOpt = "word",
+    combiner: CombinerOpt = "mean",
     member: Annotated[int, typer.Option(min=0, help="Member index for --method single.")] = 0,
     chat: ChatOpt = False,
     n_ctx: NCtxOpt = 4096,
@@ -119,7 +121,13 @@ def eval_command(
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
         names = [spec_name(s) for s in specs]
         base = DecodeConfig(
-            theta=theta, max_words=max_words, beam=beam, weights=parse_weights(weights, specs), single_member=member
+            theta=theta,
+            max_words=max_words,
+            beam=beam,
+            weights=parse_weights(weights, specs),
+            granularity=granularity,
+            combiner=combiner,
+            single_member=member,
         )
         cfg = spec.config(base, names)
         if cfg.method == "single":
@@ -168,6 +176,8 @@ def compare_command(
     max_words: MaxWordsOpt = 3,
     beam: BeamOpt = 3,
     weights: WeightsOpt = None,
+    granularity: GranularityOpt = "word",
+    combiner: CombinerOpt = "mean",
     chat: ChatOpt = False,
     n_ctx: NCtxOpt = 4096,
     threads: ThreadsOpt = None,
@@ -192,7 +202,14 @@ def compare_command(
         bench = build_task(task, data_dir, data, prompt, kind)
         labels = split_methods(methods)
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
-        base = DecodeConfig(theta=theta, max_words=max_words, beam=beam, weights=parse_weights(weights, specs))
+        base = DecodeConfig(
+            theta=theta,
+            max_words=max_words,
+            beam=beam,
+            weights=parse_weights(weights, specs),
+            granularity=granularity,
+            combiner=combiner,
+        )
         with LazyEnsemble(specs, n_ctx=n_ctx, n_threads=threads) as lazy:
             results = run_compare(
                 bench,

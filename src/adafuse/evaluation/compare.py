@@ -54,7 +54,10 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "word_token_cap": int,
     "max_rounds": int,
     "drop_unfinished": lambda v: _parse_bool(v),
-    "weights": lambda v: tuple(float(w) for w in re.split(r"[/:;]", v)),
+    "weights": lambda v: "auto" if v == "auto" else tuple(float(w) for w in re.split(r"[/:;]", v)),
+    "auto_sharpness": float,
+    "granularity": str,
+    "combiner": str,
     "single_member": lambda v: v,  # index or name; resolved against the member names later
 }
 _DIR_SAFE = re.compile(r"[^A-Za-z0-9._@=,:+-]")

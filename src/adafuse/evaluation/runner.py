@@ -241,9 +241,14 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
         if key == "prompt_sha256":
             diffs.append("the prompt file's text")
         elif key == "config" and isinstance(old, dict):
+            # A run recorded before an option existed ran with that option's default.
+            defaults = json.loads(json.dumps(DecodeConfig().to_dict()))
             for field in sorted((set(old) | set(value)) - {"method"}):  # the method is reported on its own
-                if old.get(field) != value.get(field):
-                    diffs.append(f"config.{field}: {old.get(field)!r} now {value.get(field)!r}")
+                if field not in defaults and not old.get(field):
+                    continue  # an option since removed, recorded switched off: it changed nothing
+                was, now = old.get(field, defaults.get(field)), value.get(field, defaults.get(field))
+                if was != now:
+                    diffs.append(f"config.{field}: {was!r} now {now!r}")
         else:
             diffs.append(f"{key}: {old!r} now {value!r}")
     return diffs

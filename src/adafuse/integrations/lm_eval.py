@@ -96,7 +96,8 @@ class AdafuseLM(LM):
 
     ``models`` (comma-separated specs, default the built-ins; on the 0.4.13 command line write
     ``models=[a,b]`` or JSON, since its parser splits on every comma), ``method``, ``theta``, ``max_words``,
-    ``beam``, ``weights``, ``normalise``, ``n_ctx``, ``threads``, ``greedy`` (members | ensemble | none),
+    ``beam``, ``weights`` (numbers or ``auto``), ``granularity``, ``combiner``, ``normalise``, ``n_ctx``,
+    ``threads``, ``greedy`` (members | ensemble | none),
     ``max_gen_toks`` (default budget when a task gives none). ``ensemble=`` (Python only) uses an already
     loaded :class:`~adafuse.Ensemble`, which the model then does not close.
     """
@@ -110,6 +111,8 @@ class AdafuseLM(LM):
         beam: int | str = 3,
         weights: str | Sequence[float] | None = None,
         normalise: str = "token",
+        granularity: str = "word",
+        combiner: str = "mean",
         n_ctx: int | str = 4096,
         threads: int | str | None = None,
         greedy: str = "members",
@@ -122,20 +125,27 @@ class AdafuseLM(LM):
         if unknown:
             raise ConfigError(
                 f"unknown adafuse model argument(s) {unknown}; known: models, method, theta, max_words, beam, "
-                "weights, normalise, n_ctx, threads, greedy, max_gen_toks"
+                "weights, granularity, combiner, normalise, n_ctx, threads, greedy, max_gen_toks"
             )
         if greedy not in GREEDY_RULES:
             raise ConfigError(f"greedy must be one of {', '.join(GREEDY_RULES)}, got {greedy!r}")
         self.greedy_rule = greedy
         self.max_gen_toks = _as_int("max_gen_toks", max_gen_toks, 1)
         parsed_weights = _as_list(weights)
+        auto = parsed_weights == ["auto"]
         self.config = DecodeConfig(
             method=method,
             theta=_as_float("theta", theta),
             max_words=_as_int("max_words", max_words, 1),
             beam=_as_int("beam", beam, 1),
-            weights=tuple(_as_float("weights", w) for w in parsed_weights) if parsed_weights else None,
+            weights="auto"
+            if auto
+            else tuple(_as_float("weights", w) for w in parsed_weights)
+            if parsed_weights
+            else None,
             normalise=normalise,  # type: ignore[arg-type]  # DecodeConfig validates it
+            granularity=granularity,
+            combiner=combiner,
         )
         if ensemble is None:
             from adafuse.ensemble import Ensemble
