@@ -358,6 +358,8 @@ class HFMember:
         if n_threads:
             # Process-wide in torch: the last member loaded with an explicit count sets it for all.
             torch.set_num_threads(n_threads)
+        # Members that leave cores free run alongside each other (torch releases the GIL inside its kernels).
+        self.concurrent = bool(n_threads) and n_threads < (os.cpu_count() or 1)
         vocab_meta: dict[str, Any] = {}
         try:
             if gguf is not None:

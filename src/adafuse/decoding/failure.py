@@ -6,7 +6,8 @@ records ``dropped[name] = reason``; the last member standing is never dropped (i
 
 ``FailurePolicy`` wraps a strategy, so the loop needs no change to apply it; ``admit`` applies the same policy to
 the tokenisation of the prompts before the first round. ``map_active`` runs one function per active member,
-members that declare ``concurrent = True`` (remote ones) in a thread pool.
+members that declare ``concurrent = True`` (remote ones, and in-process ones that leave cores free) in a thread
+pool.
 """
 
 from __future__ import annotations
@@ -119,16 +120,19 @@ def _pool() -> ThreadPoolExecutor:
 def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
     """``[fn(i) for i in state.active]``, with members that declare ``concurrent`` run in worker threads.
 
-    In-process members (llama.cpp) run here one after another: each already uses every core, and two of them
-    computing at once spin on the same cores and are slower than one after the other. Remote members only wait
-    on the network, so they run alongside. Every call finishes before this returns, and the first error in
-    member order is raised, so a failure is reported the same way whatever the timing.
+    An in-process member that uses every core runs here, one after another: two of them computing at once spin
+    on the same cores. One given fewer threads than there are cores (``--threads 1``) declares itself
+    concurrent, like remote members, which only wait on the network: one-token decodes of small models barely
+    use a second thread, so members side by side beat one member with all of them (docs/PERFORMANCE.md). Each
+    member's numbers do not depend on the timing, so neither does the answer. Every call finishes before this
+    returns, and the first error in member order is raised, so a failure is reported the same way whatever the
+    timing.
     """
     members = list(state.active)
-    remote = [i for i in members if getattr(state.views[i].member, "concurrent", False)]
-    if len(members) < 2 or not remote:
+    concurrent = [i for i in members if getattr(state.views[i].member, "concurrent", False)]
+    if len(members) < 2 or not concurrent:
         return [fn(i) for i in members]
-    futures: dict[int, Future[T]] = {i: _pool().submit(fn, i) for i in remote}
+    futures: dict[int, Future[T]] = {i: _pool().submit(fn, i) for i in concurrent}
     results: dict[int, T] = {}
     errors: dict[int, BaseException] = {}
     for i in members:
