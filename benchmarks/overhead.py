@@ -70,6 +70,15 @@ class NaiveMember:
         return out
 
 
+def current_rss_bytes() -> int:
+    """Resident memory now (Linux), e.g. the interpreter and libraries before any model is loaded."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -107,6 +116,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--naive", type=int, default=5, help="prompts for the naive comparison (it is slow)")
     ap.add_argument("--lengths", default="", help="output budgets for the growth test, e.g. 16,64,256")
+    ap.add_argument("--n-ctx", type=int, default=4096, help="context window per member (the library default)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -114,13 +124,17 @@ def main() -> None:
     items = task.items(offset=args.offset, limit=args.n)
     prompts = [task.build_prompt(it.question) for it in items]
     specs = args.models.split(",")
+    rss_before_models = current_rss_bytes()
     t0 = time.perf_counter()
-    members: list[Member] = [load_member(s, n_ctx=4096, n_threads=args.threads) for s in specs]
+    members: list[Member] = [load_member(s, n_ctx=args.n_ctx, n_threads=args.threads) for s in specs]
     load_seconds = time.perf_counter() - t0
     ens = Ensemble(members)
     cfg = DecodeConfig(stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed)
     report: dict[str, Any] = {"task": args.task, "n": len(prompts), "offset": args.offset, "models": specs}
     report["load_seconds"] = load_seconds
+    report["n_ctx"] = args.n_ctx
+    report["threads"] = args.threads
+    report["rss_before_models_bytes"] = rss_before_models
 
     singles = {}
     for i, m in enumerate(members):

@@ -24,7 +24,8 @@ def main() -> None:
         report = json.loads((args.out / task / "report.json").read_text())
         for row in report["methods"]:
             # Calibrated weights differ per task (each task is calibrated on its own held-apart rows): one row.
-            label = "adafuse, calibrated weights" if row["label"].startswith("adafuse@weights=") else row["label"]
+            calibrated = row["label"].startswith("adafuse@weights=") and row["label"] != "adafuse@weights=auto"
+            label = "adafuse, calibrated weights" if calibrated else row["label"]
             scores.setdefault(label, {})[task] = (row["score"], row["n"], row["tokens_per_output_token"])
     metric = {t: json.loads((args.out / t / "report.json").read_text())["methods"][0]["metric"] for t in tasks}
     head = " | ".join(f"{t} ({metric[t]}, n={max(s[t][1] for s in scores.values() if t in s)})" for t in tasks)
