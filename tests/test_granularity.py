@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from fakes import EOS, ScriptedMember, table
@@ -209,3 +210,32 @@ def test_auto_weights_fall_back_to_the_given_weights_when_a_member_cannot_tell()
     res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights="auto"))
     assert res.telemetry.prompt_nll == {}
     assert res.telemetry.weights == {"a": 0.5, "b": 0.5}
+
+
+# -- word normalisation -----------------------------------------------------------------------------------------
+
+NAMES = [" Pierre", " de", " Coubertin", " Jacques", "-Henri", "\n"]
+# a is unsure between " Pierre" and a name that runs away into easy repetitions; per-token averaging rewards
+# the runaway (its later tokens are near certain), the word's own probability does not.
+RUNAWAY = {
+    "": {" Pierre": 0.3, " Jacques": 0.25},
+    " Pierre": {" de": 0.9},
+    " Pierre de": {" Coubertin": 0.9},
+    " Pierre de Coubertin": {"\n": 0.9},
+    " Jacques": {"-Henri": 0.99},
+    **{" Jacques" + "-Henri" * k: {"-Henri": 0.99} for k in range(1, 20)},
+}
+
+
+def test_word_normalisation_compares_first_words_so_runaway_words_lose():
+    def ens() -> Ensemble:
+        return Ensemble([ScriptedMember(n, NAMES, table(RUNAWAY), prompt="Q:") for n in ("a", "b")])
+
+    cfg = DecodeConfig(max_words=1, beam=2, word_token_cap=6, max_new_tokens=12, stop=("\n",))
+    per_token = ens().generate("Q:", cfg)
+    assert per_token.rounds[0].committed.startswith(" Jacques-Henri")
+    per_word = ens().generate("Q:", DecodeConfig(**{**cfg.__dict__, "normalise": "word"}))
+    assert per_word.text == " Pierre de Coubertin"
+    first = per_word.rounds[0]
+    pierre = next(c for c in first.candidates if c.text == " Pierre")
+    assert pierre.scores["a"] == pytest.approx(-math.log(0.3), abs=1e-6)  # the word's own NLL, not an average

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from adafuse.decoding.granularity import GRANULARITIES, GranularityPolicy
 from adafuse.errors import ConfigError
 
-Normalisation = Literal["token", "char", "sum"]
+Normalisation = Literal["token", "char", "sum", "word"]
 METHODS = ("adafuse", "token", "span", "sample", "single")
 COMBINERS = ("mean", "confidence")
 # One wording of the new options for every command line that offers them.
@@ -71,8 +71,8 @@ class DecodeConfig:
         _at_least("top_k", self.top_k, 2)
         if self.max_rounds is not None:
             _at_least("max_rounds", self.max_rounds, 1)
-        if self.normalise not in ("token", "char", "sum"):
-            raise ConfigError(f"normalise must be token, char or sum, got {self.normalise!r}")
+        if self.normalise not in ("token", "char", "sum", "word"):
+            raise ConfigError(f"normalise must be token, char, sum or word, got {self.normalise!r}")
         if self.combiner not in COMBINERS:
             raise ConfigError(f"unknown combiner {self.combiner!r}; choose one of {', '.join(COMBINERS)}")
         if self.granularity not in GRANULARITIES:

@@ -17,6 +17,7 @@ import numpy as np
 from adafuse.backends.base import common_prefix_len
 from adafuse.decoding.failure import map_active
 from adafuse.decoding.state import DecodeState, MemberView
+from adafuse.decoding.words import word_ends
 from adafuse.errors import MemberError
 from adafuse.result import Candidate
 
@@ -43,20 +44,21 @@ def score_candidates(
 ) -> None:
     """Fill ``candidate.scores`` (member -> normalised NLL) and ``candidate.combined`` for every candidate."""
     mode = normalise or state.config.normalise
+    # "word": every candidate is judged by the probability of its first word (the unit of fusion), so a one-word
+    # candidate and a long span, or a runaway word whose later tokens are easy, compete on equal terms.
+    targets = [first_word(c) for c in candidates] if mode == "word" else candidates
 
     def member_scores(i: int) -> list[float]:
         view = state.views[i]
         ctx = state.context(i)
-        plans = [_plan(view, ctx, state.committed, cand) for cand in candidates]
+        plans = [_plan(view, ctx, state.committed, cand) for cand in targets]
         keys = list(dict.fromkeys(key for plan in plans for key in plan.needed()))
         known = _own_logprobs(i, len(ctx), drafts)
         todo = [key for key in keys if key not in known]
         scored = view.member.score([(ctx[:head], list(toks)) for head, toks in todo]) if todo else []
         lp = dict(known)
         lp.update({key: sum(vals) for key, vals in zip(todo, scored, strict=True)})
-        return [
-            -plan.logprob(lp) / _norm(mode, cand, plan.n_tokens) for cand, plan in zip(candidates, plans, strict=True)
-        ]
+        return [-plan.logprob(lp) / _norm(mode, cand, plan.n_tokens) for cand, plan in zip(targets, plans, strict=True)]
 
     for i, scores in zip(state.active, map_active(state, member_scores), strict=True):
         for cand, score in zip(candidates, scores, strict=True):
@@ -118,8 +120,16 @@ def _own_logprobs(member: int, ctx_len: int, drafts: list[Draft]) -> dict[Key, f
     return known
 
 
+def first_word(cand: Candidate) -> Candidate:
+    """The candidate cut after its first word (an end token only counts when nothing else follows)."""
+    ends = word_ends(cand.text)
+    if not ends or ends[0] == len(cand.text):
+        return cand
+    return Candidate(text=cand.text[: ends[0]])
+
+
 def _norm(mode: str, cand: Candidate, n_tokens: int) -> float:
-    if mode == "sum":
+    if mode in ("sum", "word"):
         return 1.0
     if mode == "char":
         return float(max(1, len(cand.text)))
