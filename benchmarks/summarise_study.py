@@ -1,7 +1,9 @@
 """Collect the per-task comparison reports of a study into one table (markdown), with the six-task average.
 
-Usage: python benchmarks/summarise_study.py OUT_DIR [--tasks triviaqa,nq,...]
-Reads OUT_DIR/<task>/report.json written by `adafuse compare`; prints the table to stdout.
+Usage: python benchmarks/summarise_study.py OUT_DIR [--tasks triviaqa,nq,...] [--plot FILE.png]
+Reads OUT_DIR/<task>/report.json written by `adafuse compare`; prints the table to stdout. With --plot, also draws
+the average score against the average cost (tokens evaluated per output token) of every method that ran on every
+task: the six-task frontier.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
     ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--plot", type=Path, help="write the average-score vs cost frontier here")
     args = ap.parse_args()
     tasks = [t for t in args.tasks.split(",") if (args.out / t / "report.json").is_file()]
     scores: dict[str, dict[str, tuple[float, int, float]]] = {}
@@ -31,12 +34,37 @@ def main() -> None:
     head = " | ".join(f"{t} ({metric[t]}, n={max(s[t][1] for s in scores.values() if t in s)})" for t in tasks)
     print(f"| method | {head} | average of the {len(tasks)} tasks | tokens eval / output token (mean) |")
     print("|---" * (len(tasks) + 3) + "|")
+    points: list[tuple[str, float, float]] = []
     for label, per in scores.items():
         cells = [f"{per[t][0]:.1f}" if t in per else "-" for t in tasks]
         full = all(t in per for t in tasks)
         avg = f"{sum(per[t][0] for t in tasks) / len(tasks):.2f}" if full else "-"
         cost = sum(v[2] for v in per.values()) / len(per)
         print(f"| {label} | {' | '.join(cells)} | {avg} | {cost:.1f} |")
+        if full:
+            points.append((label, cost, sum(per[t][0] for t in tasks) / len(tasks)))
+    if args.plot and points:
+        plot(points, args.plot, len(tasks))
+
+
+def plot(points: list[tuple[str, float, float]], path: Path, n_tasks: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, cost, score in points:
+        fused = label.startswith("adafuse")
+        ax.scatter(cost, score, marker="o" if fused else "s", color="tab:blue" if fused else "tab:gray")
+        ax.annotate(label, (cost, score), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("tokens evaluated per output token (mean over tasks)")
+    ax.set_ylabel(f"average score over the {n_tasks} tasks")
+    ax.set_title("Score against compute: every method that ran on every task")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,24 @@ def test_chat_prompts_use_each_members_own_template_or_the_plain_layout(zoo_memb
     assert smol_member.tokenize(smol, special=True).count(1) == 2  # <|im_start|> is id 1 in SmolLM2
     res = ens.generate("Name a colour.", DecodeConfig(max_new_tokens=8), chat=True)
     assert res.text.strip() and res.telemetry.rounds >= 1
+
+
+def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivia_prompt):
+    # Automatic weights from prompt evidence, the adaptive unit and the confidence combiner on llama.cpp members.
+    cfg = DecodeConfig(
+        weights="auto", granularity="adaptive", combiner="confidence", normalise="word", stop=("\n",), max_new_tokens=24
+    )
+    first = Ensemble(zoo_members).generate(trivia_prompt, cfg)
+    Ensemble(zoo_members).generate(trivia_prompt + " Paris", DecodeConfig(max_new_tokens=4))  # something else
+    again = Ensemble(zoo_members).generate(trivia_prompt, cfg)
+    assert first.text == again.text
+    assert [asdict(r) for r in first.rounds] == [asdict(r) for r in again.rounds]
+    assert first.telemetry.weights == again.telemetry.weights
+    assert first.telemetry.prompt_nll == again.telemetry.prompt_nll
+    tel = first.telemetry
+    assert set(tel.prompt_nll) == {m.name for m in zoo_members}
+    assert all(0.1 < v < 5.0 for v in tel.prompt_nll.values())  # nats per byte of a real prompt
+    assert sum(tel.weights.values()) == pytest.approx(1.0)
+    best = min(tel.prompt_nll, key=tel.prompt_nll.get)
+    assert max(tel.weights, key=tel.weights.get) == best
+    assert {r.unit for r in first.rounds} <= {"token", "word", "sentence", "paragraph"}

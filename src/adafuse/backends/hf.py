@@ -403,6 +403,8 @@ class HFMember:
         self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
         # How many leading cached tokens were evaluated in whole, aligned chunks (reusable across requests).
         self._canonical = 0
+        # ``evidence`` of whole chunks, by the prompt prefix they end at: a shared few-shot prefix is scored once.
+        self._chunk_evidence: OrderedDict[int, float] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -652,8 +654,47 @@ class HFMember:
             self._remember(len(context) - 1, row)
 
     def evidence(self, context: Sequence[int]) -> float | None:
-        # Not yet: the full-vocabulary rows of a whole prompt in fp32 are large; auto weights fall back.
-        return None
+        """Sum of log P(token | tokens before) over ``context``, chunk by chunk on the member's own cache.
+
+        Chunk j's rows predict tokens 64j+1 .. 64j+64; the sums of whole chunks are remembered by the prefix they
+        cover, and the last, partial chunk is always computed again, exactly as a fresh member would cut it.
+        """
+        n = len(context)
+        if n == 0:
+            raise PromptError(f"member {self.name!r}: empty context")
+        with self._lock, torch.inference_mode():
+            total = 0.0
+            start = 0
+            while start + _CHUNK < n:
+                key = hash(tuple(context[: start + _CHUNK + 1]))
+                if key not in self._chunk_evidence:
+                    break
+                total += self._chunk_evidence[key]
+                start += _CHUNK
+            if start >= n - 1 and n > 1:  # pragma: no cover - every chunk known and nothing left to predict
+                return total
+            self._hold(list(context[:start]))
+            for lo in range(start, n, _CHUNK):
+                chunk = list(context[lo : lo + _CHUNK])
+                ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+                logits = self._forward(ids, self._past, lo, None)
+                self.stats.tokens_evaluated += len(chunk)
+                self._cache.extend(chunk)
+                if lo == self._canonical and len(chunk) == _CHUNK:
+                    self._canonical += _CHUNK
+                targets = list(context[lo + 1 : lo + _CHUNK + 1])
+                rows = torch.log_softmax(logits[0].float(), dim=-1)
+                if lo + len(chunk) == n:
+                    self._rows.clear()
+                    self._remember(n - 1, rows[-1].cpu().numpy())
+                rows = rows[: len(targets)]
+                part = float(rows[torch.arange(len(targets)), torch.tensor(targets)].sum())
+                total += part
+                if lo + _CHUNK < n:
+                    self._chunk_evidence[hash(tuple(context[: lo + _CHUNK + 1]))] = part
+                    while len(self._chunk_evidence) > 4096:
+                        self._chunk_evidence.popitem(last=False)
+            return total
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock, torch.inference_mode():
