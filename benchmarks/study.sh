@@ -5,7 +5,7 @@
 # (WITH_OPTIONS=1 adds them to the qa or long part alone, to run the two parts side by side).
 # Resumable: rerun the same command after an interruption and finished items are kept.
 # Calibration (member weights) uses dev rows that the evaluation does not: rows [0, N_CAL) of each task, while
-# the evaluation starts at EVAL_OFFSET. Sizes are environment variables; the defaults are what we ran here.
+# the evaluation starts at EVAL_OFFSET. CALIBRATE=0 leaves the calibrated-weights run out. Sizes are environment variables; the defaults are what we ran here.
 set -euo pipefail
 out="${1:?usage: study.sh OUT_DIR [PART]}"
 part="${2:-all}"
@@ -22,6 +22,7 @@ long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 10
 
 # Beyond the paper (docs/RESULTS.md, "Granularity, combiner and weights").
 options="adafuse@granularity=adaptive,adafuse@combiner=confidence,adafuse@weights=auto"
+options="$options,adafuse@normalise=word,weights=auto"
 if [[ "$part" == options || -n "${WITH_OPTIONS:-}" ]]; then
   methods="$methods,$options"
   long_methods="$long_methods,$options"
@@ -29,6 +30,10 @@ fi
 
 study_task() {
   local task=$1 offset=$2 n=$3 ncal=$4 methods=$5
+  if [[ "${CALIBRATE:-1}" == 0 ]]; then
+    adafuse compare "${base[@]}" --task "$task" --methods "$methods" --offset "$offset" --limit "$n" --out "$out/$task"
+    return
+  fi
   adafuse calibrate "${base[@]}" --task "$task" --limit "$ncal" --out "$out/calibrate/$task"
   local w
   w=$(python -c "import json,sys; print('/'.join(str(x) for x in json.load(open(sys.argv[1]))['weights']))" \
