@@ -1,0 +1,53 @@
+"""Where the resident memory goes: the interpreter and libraries, each member as it loads, one generation.
+
+Usage: python benchmarks/memory.py [--n-ctx 4096] [--no-repack]
+Prints resident memory (MiB) after each step and the sum of the model files, so the overhead over the weights can
+be split into what Python brings, what each llama.cpp context adds (KV cache: n_ctx x layers x 2 x kv width x 2 B;
+compute buffers; repacked weights) and what decoding adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+
+
+def rss_mib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--no-repack", action="store_true", help="keep llama.cpp from repacking weights into a copy")
+    args = ap.parse_args()
+    print(f"interpreter: {rss_mib()} MiB")
+    import llama_cpp  # noqa: F401
+
+    from adafuse.backends import DEFAULT_ENSEMBLE, load_member
+    from adafuse.config import DecodeConfig
+    from adafuse.ensemble import Ensemble
+
+    print(f"libraries imported: {rss_mib()} MiB")
+    if args.no_repack:
+        os.environ["ADAFUSE_LLAMA_NO_REPACK"] = "1"
+    members = []
+    for name in DEFAULT_ENSEMBLE:
+        members.append(load_member(name, n_ctx=args.n_ctx, n_threads=1))
+        print(f"+ {name}: {rss_mib()} MiB")
+    Ensemble(members).generate(
+        "Question: Which British king married Mary of Teck?\nAnswer:", DecodeConfig(stop=("\n",))
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    files = sum(os.path.getsize(m.path) for m in members) // 2**20  # type: ignore[attr-defined]
+    print(f"after one generation: {rss_mib()} MiB, peak {peak} MiB")
+    print(f"model files: {files} MiB; peak / files: {peak / files:.2f}")
+
+
+if __name__ == "__main__":
+    main()
