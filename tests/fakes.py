@@ -89,8 +89,8 @@ class ScriptedMember:
         self.stats.tokens_evaluated += len(context)
         self._cache = list(context)
 
-    def evidence(self, context: Sequence[int]) -> float | None:
-        return self.prompt_logprob
+    def evidence(self, context: Sequence[int]) -> tuple[float, int] | None:
+        return None if self.prompt_logprob is None else (self.prompt_logprob, len(context))
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         lps = self._logprobs(context)

@@ -192,13 +192,14 @@ def test_evidence_weights_follow_the_rule():
 
 
 def test_auto_weights_trust_the_member_that_predicts_the_prompt_best():
-    # The prompt is "Q:" (2 bytes): b's log-likelihood is far higher, so b's answer wins despite equal base weights.
+    # The prompt is "Q:"; the evidence covers ":" (1 byte): b's log-likelihood is far higher, so b's answer wins
+    # despite equal base weights.
     ens = Ensemble([qa_member("a", UNSURE_PARIS, logprob=-3.0), qa_member("b", SURE_ROME, logprob=-2.0)])
     res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2)))
     assert res.text == " Paris"
     res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights="auto"))
     assert res.text == " Rome"
-    assert res.telemetry.prompt_nll == {"a": 1.5, "b": 1.0}
+    assert res.telemetry.prompt_nll == {"a": 3.0, "b": 2.0}
     assert res.telemetry.weights["b"] > 0.99
     # The result (and its config) survive a JSON round trip.
     back = Result.from_dict(json.loads(json.dumps(res.to_dict())))

@@ -91,9 +91,10 @@ class Member(Protocol):
         """Top-k next tokens after ``context``."""
         ...
 
-    def evidence(self, context: Sequence[int]) -> float | None:
-        """Log-probability of ``context[1:]``, each token given the ones before (the member's likelihood of its
-        own prompt, for automatic weights); None when the backend cannot compute it cheaply."""
+    def evidence(self, context: Sequence[int]) -> tuple[float, int] | None:
+        """The member's likelihood of its own prompt, for automatic weights: ``(log P(context[1:covered]), covered)``,
+        each token given the ones before, over the first ``covered`` tokens (``evidence_span``); None when the
+        backend cannot compute it cheaply."""
         ...
 
     def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
@@ -137,6 +138,14 @@ def greedy_by_steps(
         if member.is_eog(tok) or (until is not None and until([s.token for s in steps])):
             break
     return steps
+
+
+def evidence_span(n_tokens: int, chunk: int) -> int:
+    """How many leading prompt tokens the evidence covers: whole ``chunk``-token blocks before the last one, so the
+    shared few-shot part of a prompt is scored once and the question-specific tail costs nothing; a prompt within
+    one block counts whole."""
+    covered = ((n_tokens - 1) // chunk) * chunk
+    return covered if covered >= chunk else n_tokens
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
+from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, evidence_span, greedy_by_steps
 from adafuse.backends.zoo import ZOO, cache_dir, zoo_path
 from adafuse.errors import ConfigError, MemberError, ModelLoadError, ModelNotFoundError, PromptError
 
@@ -653,28 +653,29 @@ class HFMember:
             assert row is not None
             self._remember(len(context) - 1, row)
 
-    def evidence(self, context: Sequence[int]) -> float | None:
-        """Sum of log P(token | tokens before) over ``context``, chunk by chunk on the member's own cache.
+    def evidence(self, context: Sequence[int]) -> tuple[float, int] | None:
+        """(sum of log P(token | tokens before) over ``context[1:covered]``, covered); see ``Member.evidence``.
 
-        Chunk j's rows predict tokens 64j+1 .. 64j+64; the sums of whole chunks are remembered by the prefix they
-        cover, and the last, partial chunk is always computed again, exactly as a fresh member would cut it.
+        Chunk j's rows predict tokens 64j+1 .. 64j+64. Only whole chunks count (a short prompt counts whole), and
+        their sums are remembered by the prefix they cover, so the shared few-shot part is scored once.
         """
         n = len(context)
         if n == 0:
             raise PromptError(f"member {self.name!r}: empty context")
+        covered = evidence_span(n, _CHUNK)
         with self._lock, torch.inference_mode():
             total = 0.0
             start = 0
-            while start + _CHUNK < n:
+            while covered < n and start + _CHUNK < covered + 1:
                 key = hash(tuple(context[: start + _CHUNK + 1]))
                 if key not in self._chunk_evidence:
                     break
                 total += self._chunk_evidence[key]
                 start += _CHUNK
-            if start >= n - 1 and n > 1:  # pragma: no cover - every chunk known and nothing left to predict
-                return total
+            if start + 1 >= covered:
+                return total, covered
             self._hold(list(context[:start]))
-            for lo in range(start, n, _CHUNK):
+            for lo in range(start, covered, _CHUNK):
                 chunk = list(context[lo : lo + _CHUNK])
                 ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
                 logits = self._forward(ids, self._past, lo, None)
@@ -682,19 +683,17 @@ class HFMember:
                 self._cache.extend(chunk)
                 if lo == self._canonical and len(chunk) == _CHUNK:
                     self._canonical += _CHUNK
-                targets = list(context[lo + 1 : lo + _CHUNK + 1])
-                rows = torch.log_softmax(logits[0].float(), dim=-1)
-                if lo + len(chunk) == n:
-                    self._rows.clear()
-                    self._remember(n - 1, rows[-1].cpu().numpy())
-                rows = rows[: len(targets)]
+                targets = list(context[lo + 1 : min(lo + _CHUNK + 1, covered)])
+                rows = torch.log_softmax(logits[0, : len(targets)].float(), dim=-1)
                 part = float(rows[torch.arange(len(targets)), torch.tensor(targets)].sum())
                 total += part
-                if lo + _CHUNK < n:
+                if covered < n:
                     self._chunk_evidence[hash(tuple(context[: lo + _CHUNK + 1]))] = part
                     while len(self._chunk_evidence) > 4096:
                         self._chunk_evidence.popitem(last=False)
-            return total
+            # The cache may end inside the prompt now: the next read re-extends it from there, chunk-aligned.
+            self._rows.clear()
+            return total, covered
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock, torch.inference_mode():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
+from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, evidence_span, greedy_by_steps
 from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError, PromptError
 
 try:
@@ -255,21 +255,23 @@ class LlamaCppMember:
             self.stats.tokens_reused += keep
             self._decode(list(context[keep:]), keep)
 
-    def evidence(self, context: Sequence[int]) -> float | None:
-        """Sum of log P(token | tokens before) over the context, computed once per prompt prefix.
+    def evidence(self, context: Sequence[int]) -> tuple[float, int] | None:
+        """(sum of log P(token | tokens before) over ``context[1:covered]``, covered); see ``Member.evidence``.
 
-        Positions not yet known are decoded again from a chunk boundary with every row kept: the same chunks as
-        ``prefill``, so the cache ends up holding exactly what it held, and the answer does not change.
+        Only whole prompt chunks count (a short prompt counts whole): their rows are the same whatever ran
+        before, and the few-shot part they hold is decoded with every row kept once, then remembered with the
+        cache, so a request that shares it costs nothing more. Positions not yet known are decoded again from a
+        chunk boundary, in the same chunks as ``prefill``: the cache ends up holding what it held.
         """
         n = len(context)
+        covered = evidence_span(n, _CHUNK)
         with self._lock:
             held = common_prefix_len(self._cache, context)
-            unknown = next((i for i in range(1, n) if i >= held or math.isnan(self._lp[i])), n)
-            # The last, partial chunk is always walked again: a longer prompt walked before held it in a full
-            # chunk, whose numbers differ slightly, and the weights must not depend on what ran before.
-            last = (n - 1) - (n - 1) % _CHUNK
-            unknown = min(unknown, last + 1)
-            if unknown < n:
+            if covered == n:
+                unknown = 1  # a prompt within one chunk is walked whole every time, as a fresh member would
+            else:
+                unknown = next((i for i in range(1, covered) if i >= held or math.isnan(self._lp[i])), covered)
+            if unknown < covered:
                 # The first unknown token needs the row before it: start a chunk earlier if it opens a chunk.
                 start = unknown - unknown % _CHUNK
                 if start == unknown:
@@ -277,8 +279,11 @@ class LlamaCppMember:
                 first = self._lp[start] if start > 0 else 0.0  # known: every position before ``unknown`` is
                 self._truncate(start)
                 self._rows.clear()
-                self._decode_keeping_rows(list(context[start:]), start, first)
-            return float(sum(self._lp[1:n]))
+                self._decode_keeping_rows(list(context[start:covered]), start, first)
+                if covered < n:
+                    # The question-specific tail needs no rows but the last: decoded as ``prefill`` does.
+                    self._decode(list(context[covered:]), covered)
+            return float(sum(self._lp[1:covered])), covered
 
     def _decode_keeping_rows(self, tokens: list[int], start: int, first: float) -> None:
         """``_decode`` for a prompt, with the log-probability of every token it holds kept in ``_lp``.

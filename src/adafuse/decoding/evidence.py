@@ -8,7 +8,8 @@ with different vocabularies compare fairly) and ``w0_m`` the given weights (equa
     w_m  =  w0_m * exp(-beta * nll_m)  /  sum_k w0_k * exp(-beta * nll_k)
 
 ``beta`` (``auto_sharpness``, default 20) turns per-byte differences of a few hundredths into clear preferences
-without silencing anyone. A shared few-shot prefix is scored once per member and cached with the prompt.
+without silencing anyone. Only the prompt's whole 64-token blocks count (``evidence_span``): the shared few-shot
+part is scored once per member and cached with the prompt, so a request pays nothing for it after the first.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from adafuse.decoding.state import DecodeState
 
 
 def prompt_nll_per_byte(state: DecodeState) -> dict[int, float] | None:
-    """Each active member's NLL of its own prompt, per byte; None if a member cannot report it."""
+    """Each active member's NLL of its own prompt, per byte of the text scored; None if a member cannot tell."""
     out: dict[int, float] = {}
     for i in state.active:
         view = state.views[i]
-        logprob = view.member.evidence(view.ids(""))
-        if logprob is None:
+        ids = view.ids("")
+        found = view.member.evidence(ids)
+        if found is None:
             return None
-        out[i] = -logprob / max(1, len(view.prompt.encode("utf-8")))
+        logprob, covered = found
+        scored = sum(len(view.member.token_bytes(t)) for t in ids[1:covered])
+        out[i] = -logprob / max(1, scored)
     return out
 
 
