@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--naive", type=int, default=5, help="prompts for the naive comparison (it is slow)")
     ap.add_argument("--lengths", default="", help="output budgets for the growth test, e.g. 16,64,256")
+    ap.add_argument(
+        "--sequential", action="store_true", help="run members one after another even when they leave cores free"
+    )
     ap.add_argument("--n-ctx", type=int, default=4096, help="context window per member (the library default)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -128,12 +131,16 @@ def main() -> None:
     t0 = time.perf_counter()
     members: list[Member] = [load_member(s, n_ctx=args.n_ctx, n_threads=args.threads) for s in specs]
     load_seconds = time.perf_counter() - t0
+    if args.sequential:
+        for m in members:
+            m.concurrent = False  # type: ignore[attr-defined]
     ens = Ensemble(members)
     cfg = DecodeConfig(stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed)
     report: dict[str, Any] = {"task": args.task, "n": len(prompts), "offset": args.offset, "models": specs}
     report["load_seconds"] = load_seconds
     report["n_ctx"] = args.n_ctx
     report["threads"] = args.threads
+    report["concurrent_members"] = [bool(getattr(m, "concurrent", False)) for m in members]
     report["rss_before_models_bytes"] = rss_before_models
 
     singles = {}
