@@ -217,6 +217,33 @@ CASES = [
         422,
         "1 weights given for 2",
     ),
+    (
+        "weights-word",
+        "POST",
+        "/v1/completions",
+        JSON,
+        '{"prompt": "x", "adafuse": {"weights": "best"}}',
+        422,
+        'list of numbers or "auto"',
+    ),
+    (
+        "granularity",
+        "POST",
+        "/v1/completions",
+        JSON,
+        '{"prompt": "x", "adafuse": {"granularity": "chapter"}}',
+        422,
+        "unknown granularity",
+    ),
+    (
+        "combiner",
+        "POST",
+        "/v1/completions",
+        JSON,
+        '{"prompt": "x", "adafuse": {"combiner": 3}}',
+        422,
+        "adafuse.combiner",
+    ),
     ("too-long", "POST", "/v1/completions", JSON, json.dumps({"prompt": LONG}), 400, "context window is 64"),
     ("no-messages", "POST", "/v1/chat/completions", JSON, "{}", 422, "messages"),
     ("messages-str", "POST", "/v1/chat/completions", JSON, '{"messages": "hi"}', 422, "non-empty list"),
@@ -339,6 +366,13 @@ def test_every_response_carries_usage_and_telemetry(open_url):
     assert "".join(e["choices"][0]["text"] for e in events) == plain["choices"][0]["text"]
     assert events[-1]["usage"] == plain["usage"] and events[-1]["adafuse"]["telemetry"]["rounds"] == 4
     assert [e["choices"][0]["text"] for e in events[:2]] == [" George", " V."]  # one chunk per committed span
+
+
+def test_requests_choose_granularity_combiner_and_auto_weights(open_url):
+    body = {"prompt": "Q", "adafuse": {"weights": "auto", "granularity": "adaptive", "combiner": "confidence"}}
+    reply = httpx.post(f"{open_url}/v1/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["text"] == " George V. was king"
 
 
 def test_streaming_never_sends_text_a_stop_string_later_removes(open_url):
