@@ -179,25 +179,29 @@ class LlamaCppMember:
         while lo < len(tokens):
             pos = start + lo
             chunk = tokens[lo : lo + (_CHUNK - pos % _CHUNK)]
-            b = self._batch
-            b.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                b.token[i] = tok
-                b.pos[i] = start + lo + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
-                b.logits[i] = lo + i == len(tokens) - 1
-            rc = llama_cpp.llama_decode(self._ctx, b)
-            self.stats.forward_calls += 1
-            self.stats.tokens_evaluated += len(chunk)
-            if rc != 0:
-                self._reset()
-                raise MemberError(self.name, f"llama_decode failed with code {rc}")
+            self._decode_chunk(chunk, pos, every_row=False, last_row=lo + len(chunk) == len(tokens))
             self._cache.extend(chunk)
             self._lp.extend([math.nan] * len(chunk))
             lo += len(chunk)
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
         self._remember(start + len(tokens) - 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+
+    def _decode_chunk(self, chunk: Sequence[int], pos: int, every_row: bool, last_row: bool) -> None:
+        """One ``llama_decode`` of ``chunk`` at positions ``pos...``, with logits for every token or the last."""
+        b = self._batch
+        b.n_tokens = len(chunk)
+        for i, tok in enumerate(chunk):
+            b.token[i] = tok
+            b.pos[i] = pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = every_row or (last_row and i == len(chunk) - 1)
+        rc = llama_cpp.llama_decode(self._ctx, b)
+        self.stats.forward_calls += 1
+        self.stats.tokens_evaluated += len(chunk)
+        if rc != 0:
+            self._reset()
+            raise MemberError(self.name, f"llama_decode failed with code {rc}")
 
     def _reset(self) -> None:
         llama_cpp.llama_memory_clear(self._mem, True)
@@ -295,20 +299,7 @@ class LlamaCppMember:
         while lo < len(tokens):
             pos = start + lo
             chunk = tokens[lo : lo + (_CHUNK - pos % _CHUNK)]
-            b = self._batch
-            b.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                b.token[i] = tok
-                b.pos[i] = pos + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
-                b.logits[i] = True
-            rc = llama_cpp.llama_decode(self._ctx, b)
-            self.stats.forward_calls += 1
-            self.stats.tokens_evaluated += len(chunk)
-            if rc != 0:
-                self._reset()
-                raise MemberError(self.name, f"llama_decode failed with code {rc}")
+            self._decode_chunk(chunk, pos, every_row=True, last_row=True)
             rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(len(chunk), self.n_vocab))
             peak = rows.max(axis=1, keepdims=True)
             lse = (peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))).astype(np.float64)
