@@ -98,7 +98,8 @@ class LlamaCppMember:
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
         # Prompts are decoded in _CHUNK-token calls and everything else one token at a time, so llama.cpp's
-        # compute buffers (sized by the micro-batch) need not be larger: ~100 MB less per member than 512.
+        # compute buffers (sized by the micro-batch) need not be larger. The saving is small for these models
+        # (benchmarks/memory.py) and the numbers are unchanged: no call ever held more than one chunk.
         cparams.n_ubatch = min(n_batch, _CHUNK)
         cparams.n_seq_max = 1
         cparams.n_threads = threads
