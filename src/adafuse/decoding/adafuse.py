@@ -18,14 +18,26 @@ from adafuse.result import Proposal, Round
 
 
 def adafuse_round(state: DecodeState, index: int) -> Round:
-    firsts = dict(zip(state.active, map_active(state, lambda i: first_step(state, i)), strict=True))
-    unit = choose_unit(state, firsts)
+    cfg = state.config
+    firsts: dict[int, TopK] = {}
+    if cfg.granularity == "adaptive":
+        # The unit depends on every member's first distribution, so those are read before anyone drafts.
+        firsts = dict(zip(state.active, map_active(state, lambda i: first_step(state, i)), strict=True))
+        unit = adaptive_unit(state, firsts)
+    else:
+        unit = fixed_unit(cfg.granularity, cfg.max_words, cfg.granularity_policy)
+
+    def member_round(i: int) -> tuple[TopK, Proposal, list[Draft]]:
+        first = firsts[i] if i in firsts else first_step(state, i)
+        return (first, *propose(state, i, first, unit))
+
     proposals: list[Proposal] = []
     drafts: list[Draft] = []
-    for proposal, own in map_active(state, lambda i: propose(state, i, firsts[i], unit)):
+    for i, (first, proposal, own) in zip(state.active, map_active(state, member_round), strict=True):
+        firsts[i] = first
         proposals.append(proposal)
         drafts.extend(own)
-    if state.config.drop_unfinished and any(not d.unfinished for d in drafts):
+    if cfg.drop_unfinished and any(not d.unfinished for d in drafts):
         # A word that ran into the token cap is usually a runaway repetition, and per-token normalisation makes
         # such easy-to-predict text look good; the proposal trace still shows it.
         drafts = [d for d in drafts if not d.unfinished]
@@ -45,10 +57,8 @@ def first_step(state: DecodeState, member: int) -> TopK:
     return state.views[member].member.next_token(state.context(member), max(cfg.beam, cfg.top_k, 2))
 
 
-def choose_unit(state: DecodeState, firsts: dict[int, TopK]) -> Unit:
+def adaptive_unit(state: DecodeState, firsts: dict[int, TopK]) -> Unit:
     cfg = state.config
-    if cfg.granularity != "adaptive":
-        return fixed_unit(cfg.granularity, cfg.max_words, cfg.granularity_policy)
     signals = Signals(
         margins=tuple(top.margin for top in firsts.values()),
         entropies=tuple(entropy(top) for top in firsts.values()),
