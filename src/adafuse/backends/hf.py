@@ -586,18 +586,23 @@ class HFMember:
         while lo < len(tokens):
             pos = start + lo
             chunk = list(tokens[lo : lo + _CHUNK - pos % _CHUNK])
-            ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-            logits = self._forward(ids, self._past, pos, keep)
-            self.stats.tokens_evaluated += len(chunk)
-            self._cache.extend(chunk)
-            if pos == self._canonical and len(chunk) == _CHUNK:
-                # This chunk's keys and values came from one forward of exactly its own tokens on a canonical
-                # prefix: the same numbers a fresh member computes, so a later request may reuse them.
-                self._canonical += _CHUNK
+            logits = self._extend_chunk(chunk, pos, keep)
             lo += len(chunk)
             if lo == len(tokens) and want_last:
                 row = torch.log_softmax(logits[0, -1].float(), dim=-1).cpu().numpy()
         return row
+
+    def _extend_chunk(self, chunk: list[int], pos: int, keep: Any) -> Any:
+        """One forward of ``chunk`` at ``pos`` onto the cache (logits as ``keep`` selects), cache bookkeeping kept."""
+        ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+        logits = self._forward(ids, self._past, pos, keep)
+        self.stats.tokens_evaluated += len(chunk)
+        self._cache.extend(chunk)
+        if pos == self._canonical and len(chunk) == _CHUNK:
+            # This chunk's keys and values came from one forward of exactly its own tokens on a canonical
+            # prefix: the same numbers a fresh member computes, so a later request may reuse them.
+            self._canonical += _CHUNK
+        return logits
 
     def _remember(self, pos: int, row: np.ndarray) -> None:
         self._rows[pos] = row
@@ -676,13 +681,7 @@ class HFMember:
                 return total, covered
             self._hold(list(context[:start]))
             for lo in range(start, covered, _CHUNK):
-                chunk = list(context[lo : lo + _CHUNK])
-                ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-                logits = self._forward(ids, self._past, lo, None)
-                self.stats.tokens_evaluated += len(chunk)
-                self._cache.extend(chunk)
-                if lo == self._canonical and len(chunk) == _CHUNK:
-                    self._canonical += _CHUNK
+                logits = self._extend_chunk(list(context[lo : lo + _CHUNK]), lo, None)
                 targets = list(context[lo + 1 : min(lo + _CHUNK + 1, covered)])
                 rows = torch.log_softmax(logits[0, : len(targets)].float(), dim=-1)
                 part = float(rows[torch.arange(len(targets)), torch.tensor(targets)].sum())

@@ -42,6 +42,22 @@ KindOpt = Annotated[str, typer.Option(help="Kind of a --data task: qa, math or t
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar on stderr.")]
 
 
+def decoding_options(
+    theta: float, max_words: int, beam: int, weights: str | None, granularity: str, combiner: str, specs: list[str]
+) -> DecodeConfig:
+    """The decoding options ``eval`` and ``compare`` share, read from their command lines."""
+    from adafuse.cli import parse_weights
+
+    return DecodeConfig(
+        theta=theta,
+        max_words=max_words,
+        beam=beam,
+        weights=parse_weights(weights, specs),
+        granularity=granularity,
+        combiner=combiner,
+    )
+
+
 def interrupted() -> None:
     """Ctrl-C or a kill: everything finished is on disk, so say how to resume and exit like a SIGINT would."""
     from adafuse.cli import err
@@ -109,7 +125,7 @@ def eval_command(
 ) -> None:
     """Evaluate one method on a benchmark; rerun with the same --out to resume."""
     from adafuse.backends import DEFAULT_ENSEMBLE
-    from adafuse.cli import fail, parse_models, parse_weights
+    from adafuse.cli import fail, parse_models
     from adafuse.cli import out as stdout
     from adafuse.evaluation.compare import parse_label
     from adafuse.evaluation.runner import LazyEnsemble, run_eval, spec_name
@@ -120,14 +136,8 @@ def eval_command(
         spec = parse_label(method)
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
         names = [spec_name(s) for s in specs]
-        base = DecodeConfig(
-            theta=theta,
-            max_words=max_words,
-            beam=beam,
-            weights=parse_weights(weights, specs),
-            granularity=granularity,
-            combiner=combiner,
-            single_member=member,
+        base = replace(
+            decoding_options(theta, max_words, beam, weights, granularity, combiner, specs), single_member=member
         )
         cfg = spec.config(base, names)
         if cfg.method == "single":
@@ -192,7 +202,7 @@ def compare_command(
 ) -> None:
     """Compare methods on one benchmark: a table with bootstrap intervals and a score-vs-compute plot."""
     from adafuse.backends import DEFAULT_ENSEMBLE
-    from adafuse.cli import err, fail, parse_models, parse_weights
+    from adafuse.cli import err, fail, parse_models
     from adafuse.cli import out as stdout
     from adafuse.evaluation.compare import FRONTIER, REPORT, report_markdown, run_compare, split_methods
     from adafuse.evaluation.runner import LazyEnsemble, spec_name
@@ -202,14 +212,7 @@ def compare_command(
         bench = build_task(task, data_dir, data, prompt, kind)
         labels = split_methods(methods)
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
-        base = DecodeConfig(
-            theta=theta,
-            max_words=max_words,
-            beam=beam,
-            weights=parse_weights(weights, specs),
-            granularity=granularity,
-            combiner=combiner,
-        )
+        base = decoding_options(theta, max_words, beam, weights, granularity, combiner, specs)
         with LazyEnsemble(specs, n_ctx=n_ctx, n_threads=threads) as lazy:
             results = run_compare(
                 bench,
