@@ -89,8 +89,12 @@ class ScriptedMember:
         self.stats.tokens_evaluated += len(context)
         self._cache = list(context)
 
-    def evidence(self, context: Sequence[int]) -> tuple[float, int] | None:
-        return None if self.prompt_logprob is None else (self.prompt_logprob, len(context))
+    def evidence(self, context: Sequence[int]) -> list[float] | None:
+        if self.prompt_logprob is None:
+            return None
+        # Spread evenly over the prompt's tokens after the first, so they sum to ``prompt_logprob``.
+        n = max(1, len(context) - 1)
+        return [self.prompt_logprob / n] * n
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         lps = self._logprobs(context)

@@ -9,7 +9,7 @@ import pytest
 from fakes import EOS, ScriptedMember, table
 
 from adafuse.config import DecodeConfig
-from adafuse.decoding.evidence import evidence_weights
+from adafuse.decoding.evidence import answer_spans, evidence_weights
 from adafuse.decoding.granularity import (
     GranularityPolicy,
     Signals,
@@ -211,6 +211,49 @@ def test_auto_weights_fall_back_to_the_given_weights_when_a_member_cannot_tell()
     res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights="auto"))
     assert res.telemetry.prompt_nll == {}
     assert res.telemetry.weights == {"a": 0.5, "b": 0.5}
+
+
+def spans_text(prompt: str) -> list[str]:
+    data = prompt.encode()
+    return [data[a:b].decode() for a, b in answer_spans(prompt)]
+
+
+def test_worked_answers_are_found_after_every_earlier_cue():
+    qa = "Answer briefly.\n\nQuestion: a?\nAnswer: Paris.\n\nQuestion: b?\nAnswer: Rome\n\nQuestion: c?\nAnswer:"
+    assert spans_text(qa) == [" Paris.", " Rome"]
+    # The answer on its own line (SQuAD), several lines of working (GSM8K), non-ASCII text (byte offsets).
+    squad = "Question:\nctx q1\nAnswer:\nFrance\n\nQuestion:\nctx q2\nAnswer:"
+    assert spans_text(squad) == ["\nFrance"]
+    maths = "Question: 2+2?\nStep by step\n2+2=4\nThe answer is 4\n\nQuestion: 3+3?\nStep by step\n"
+    assert spans_text(maths) == ["\n2+2=4\nThe answer is 4"]
+    assert spans_text("Frage: was?\nAntwort: Größe\n\nFrage: wo?\nAntwort:") == [" Größe"]
+    # No worked answer: a zero-shot instruction, a cue that occurs once, an empty answer, an empty prompt.
+    assert answer_spans("Translate into German.\n\nEnglish: a cat\nGerman:") == []
+    assert answer_spans("Q: a?\nAnswer:\n\nQ: b?\nAnswer:") == []
+    assert answer_spans("") == answer_spans("\n\n") == []
+
+
+def test_auto_weights_judge_members_on_the_worked_answers_only():
+    # Both members read a two-example prompt. a predicts the questions far better and the answers far worse:
+    # on the whole prompt a is trusted, on the answers b is.
+    prompt = "Q: x?\nA: Rome\n\nQ: y?\nA:"
+
+    def member(name: str, question_lp: float, answer_lp: float) -> ScriptedMember:
+        m = ScriptedMember(name, QA, table({"": {" Rome": 0.6, " Paris": 0.3}}), prompt=prompt)
+        rome = set(range(len(m.tokenize("Q: x?\nA:")), len(m.tokenize("Q: x?\nA: Rome"))))
+        m.evidence = lambda ctx: [answer_lp if t in rome else question_lp for t in range(1, len(ctx))]  # type: ignore
+        return m
+
+    def weights(evidence: str) -> dict[str, float]:
+        ens = Ensemble([member("a", -0.1, -5.0), member("b", -2.0, -0.5)])
+        res = ens.generate(prompt, DecodeConfig(max_words=1, weights="auto", auto_evidence=evidence))
+        assert res.telemetry.evidence == evidence
+        return res.telemetry.weights
+
+    assert weights("answers")["b"] > 0.99
+    assert weights("prompt")["a"] > 0.99
+    with pytest.raises(ConfigError, match="auto_evidence"):
+        DecodeConfig(auto_evidence="questions")
 
 
 # -- word normalisation -----------------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivi
     assert first.telemetry.prompt_nll == again.telemetry.prompt_nll
     tel = first.telemetry
     assert set(tel.prompt_nll) == {m.name for m in zoo_members}
+    assert tel.evidence == "answers"  # the TriviaQA prompt's worked answers, on every member's tokens
     assert all(0.1 < v < 5.0 for v in tel.prompt_nll.values())  # nats per byte of a real prompt
     assert sum(tel.weights.values()) == pytest.approx(1.0)
     best = min(tel.prompt_nll, key=tel.prompt_nll.get)

@@ -332,6 +332,22 @@ def test_a_run_recorded_before_an_option_existed_resumes_at_its_default(tmp_path
         run_eval(task, zoo.ensemble(), DecodeConfig(), out, progress=False)
 
 
+def test_automatic_weights_recorded_before_auto_evidence_existed_measured_the_whole_prompt(tmp_path, task, zoo):
+    for weights in ("auto", None):
+        out = tmp_path / f"run-{weights}"
+        run_eval(task, zoo.ensemble(), DecodeConfig(weights=weights), out, limit=1, progress=False)
+        manifest = json.loads((out / "run.json").read_text())
+        del manifest["identity"]["config"]["auto_evidence"]
+        (out / "run.json").write_text(json.dumps(manifest))
+        if weights == "auto":
+            with pytest.raises(ConfigError, match="config.auto_evidence: 'prompt' now 'answers'"):
+                run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, progress=False)
+            cfg = DecodeConfig(weights="auto", auto_evidence="prompt")
+        else:
+            cfg = DecodeConfig()  # without automatic weights the option changes nothing: the run resumes
+        assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
+
+
 def test_refuses_when_the_prompt_or_the_data_changed(tmp_path, task, zoo):
     out = tmp_path / "run"
     run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=2, progress=False)

@@ -12,9 +12,10 @@ from adafuse.errors import ConfigError
 Normalisation = Literal["token", "char", "sum", "word"]
 METHODS = ("adafuse", "token", "span", "sample", "single")
 COMBINERS = ("mean", "confidence")
+AUTO_EVIDENCE = ("answers", "prompt")
 # One wording of the new options for every command line that offers them.
 WEIGHTS_HELP = (
-    "Member weights: comma-separated numbers, auto (from each member's likelihood of its prompt), "
+    "Member weights: comma-separated numbers, auto (from each member's likelihood of its prompt's worked answers), "
     "or a weights .json from `adafuse calibrate`."
 )
 GRANULARITY_HELP = "Fusion unit per round: word (the paper), adaptive, token, sentence or paragraph."
@@ -38,6 +39,9 @@ class DecodeConfig:
     #: weights"), sharpened by ``auto_sharpness``.
     weights: tuple[float, ...] | Literal["auto"] | None = None
     auto_sharpness: float = 20.0
+    #: what auto weights measure: "answers" (the likelihood of the prompt's worked answers, falling back to the
+    #: whole prompt when it has none) or "prompt" (the whole prompt); see decoding/evidence.py.
+    auto_evidence: str = "answers"
     #: "mean": weighted mean NLL (the paper). "confidence": each member's weight is also multiplied by its
     #: top-1 probability at this round's first token, so a member that is sure counts for more.
     combiner: str = "mean"
@@ -83,6 +87,8 @@ class DecodeConfig:
             self.auto_sharpness < 0
         ):
             raise ConfigError(f"auto_sharpness must be a finite number >= 0, got {self.auto_sharpness!r}")
+        if self.auto_evidence not in AUTO_EVIDENCE:
+            raise ConfigError(f"unknown auto_evidence {self.auto_evidence!r}; choose one of {', '.join(AUTO_EVIDENCE)}")
         if isinstance(self.weights, str):
             if self.weights != "auto":
                 raise ConfigError(f"weights must be numbers or 'auto', got {self.weights!r}")

@@ -70,6 +70,8 @@ class Telemetry:
     weights: dict[str, float] = field(default_factory=dict)
     #: with ``weights="auto"``: each member's NLL of its prompt in nats per byte (the evidence).
     prompt_nll: dict[str, float] = field(default_factory=dict)
+    #: what that NLL was measured on: "answers" (the prompt's worked answers) or "prompt" (all of it).
+    evidence: str | None = None
 
     @property
     def tokens_evaluated(self) -> int:

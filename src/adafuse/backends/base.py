@@ -91,10 +91,10 @@ class Member(Protocol):
         """Top-k next tokens after ``context``."""
         ...
 
-    def evidence(self, context: Sequence[int]) -> tuple[float, int] | None:
-        """The member's likelihood of its own prompt, for automatic weights: ``(log P(context[1:covered]), covered)``,
-        each token given the ones before, over the first ``covered`` tokens (``evidence_span``); None when the
-        backend cannot compute it cheaply."""
+    def evidence(self, context: Sequence[int]) -> list[float] | None:
+        """The member's likelihood of its own prompt, for automatic weights: ``log P(context[t] | context[:t])``
+        for t = 1 .. covered - 1, over the first ``covered`` tokens (``evidence_span``); None when the backend
+        cannot compute it cheaply."""
         ...
 
     def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:

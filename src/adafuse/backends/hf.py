@@ -404,7 +404,7 @@ class HFMember:
         # How many leading cached tokens were evaluated in whole, aligned chunks (reusable across requests).
         self._canonical = 0
         # ``evidence`` of whole chunks, by the prompt prefix they end at: a shared few-shot prefix is scored once.
-        self._chunk_evidence: OrderedDict[int, float] = OrderedDict()
+        self._chunk_evidence: OrderedDict[int, list[float]] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -658,41 +658,41 @@ class HFMember:
             assert row is not None
             self._remember(len(context) - 1, row)
 
-    def evidence(self, context: Sequence[int]) -> tuple[float, int] | None:
-        """(sum of log P(token | tokens before) over ``context[1:covered]``, covered); see ``Member.evidence``.
+    def evidence(self, context: Sequence[int]) -> list[float] | None:
+        """log P(token | tokens before) for ``context[1:covered]``; see ``Member.evidence``.
 
         Chunk j's rows predict tokens 64j+1 .. 64j+64. Only whole chunks count (a short prompt counts whole), and
-        their sums are remembered by the prefix they cover, so the shared few-shot part is scored once.
+        their rows are remembered by the prefix they cover, so the shared few-shot part is scored once.
         """
         n = len(context)
         if n == 0:
             raise PromptError(f"member {self.name!r}: empty context")
         covered = evidence_span(n, _CHUNK)
         with self._lock, torch.inference_mode():
-            total = 0.0
+            out: list[float] = []
             start = 0
             while covered < n and start + _CHUNK < covered + 1:
                 key = hash(tuple(context[: start + _CHUNK + 1]))
                 if key not in self._chunk_evidence:
                     break
-                total += self._chunk_evidence[key]
+                out.extend(self._chunk_evidence[key])
                 start += _CHUNK
             if start + 1 >= covered:
-                return total, covered
+                return out
             self._hold(list(context[:start]))
             for lo in range(start, covered, _CHUNK):
                 logits = self._extend_chunk(list(context[lo : lo + _CHUNK]), lo, None)
                 targets = list(context[lo + 1 : min(lo + _CHUNK + 1, covered)])
                 rows = torch.log_softmax(logits[0, : len(targets)].float(), dim=-1)
-                part = float(rows[torch.arange(len(targets)), torch.tensor(targets)].sum())
-                total += part
+                part = rows[torch.arange(len(targets)), torch.tensor(targets)].tolist()
+                out.extend(part)
                 if covered < n:
                     self._chunk_evidence[hash(tuple(context[: lo + _CHUNK + 1]))] = part
                     while len(self._chunk_evidence) > 4096:
                         self._chunk_evidence.popitem(last=False)
             # The cache may end inside the prompt now: the next read re-extends it from there, chunk-aligned.
             self._rows.clear()
-            return total, covered
+            return out
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock, torch.inference_mode():

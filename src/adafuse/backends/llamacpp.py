@@ -260,8 +260,8 @@ class LlamaCppMember:
             self.stats.tokens_reused += keep
             self._decode(list(context[keep:]), keep)
 
-    def evidence(self, context: Sequence[int]) -> tuple[float, int] | None:
-        """(sum of log P(token | tokens before) over ``context[1:covered]``, covered); see ``Member.evidence``.
+    def evidence(self, context: Sequence[int]) -> list[float] | None:
+        """log P(token | tokens before) for ``context[1:covered]``; see ``Member.evidence``.
 
         Only whole prompt chunks count (a short prompt counts whole): their rows are the same whatever ran
         before, and the few-shot part they hold is decoded with every row kept once, then remembered with the
@@ -288,7 +288,7 @@ class LlamaCppMember:
                 if covered < n:
                     # The question-specific tail needs no rows but the last: decoded as ``prefill`` does.
                     self._decode(list(context[covered:]), covered)
-            return float(sum(self._lp[1:covered])), covered
+            return [float(x) for x in self._lp[1:covered]]
 
     def _decode_keeping_rows(self, tokens: list[int], start: int, first: float) -> None:
         """``_decode`` for a prompt, with the log-probability of every token it holds kept in ``_lp``.

@@ -28,7 +28,7 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
     for i in state.active:
         state.views[i].member.prefill(state.context(i))
-    prompt_nll = apply_auto_weights(state) if cfg.weights == "auto" and state.config.method != "single" else None
+    evidence = apply_auto_weights(state) if cfg.weights == "auto" and state.config.method != "single" else None
     rounds = state.rounds
     finish = ""
     while not finish:
@@ -58,7 +58,8 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         output_tokens=output_tokens(state),
         wall_seconds=time.perf_counter() - start,
         weights={state.views[i].name: state.weights[i] for i in state.active},
-        prompt_nll=prompt_nll or {},
+        prompt_nll=evidence[0] if evidence else {},
+        evidence=evidence[1] if evidence else None,
     )
     return Result(
         text=state.committed,

@@ -56,6 +56,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "drop_unfinished": lambda v: _parse_bool(v),
     "weights": lambda v: "auto" if v == "auto" else tuple(float(w) for w in re.split(r"[/:;]", v)),
     "auto_sharpness": float,
+    "auto_evidence": str,
     "granularity": str,
     "combiner": str,
     "single_member": lambda v: v,  # index or name; resolved against the member names later

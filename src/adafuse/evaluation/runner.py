@@ -36,6 +36,9 @@ PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 MANIFEST = "run.json"
 LOCK = ".lock"
+#: options whose default differs from what the code did before they existed (automatic weights measured the
+#: whole prompt until ``auto_evidence`` came with the worked-answers default).
+BEFORE_IT_EXISTED: dict[str, Any] = {"auto_evidence": "prompt"}
 
 #: The metric a task kind is ranked by; the others are reported beside it.
 PRIMARY_METRIC: dict[str, str] = {"qa": "em", "math": "accuracy", "translation": "bleu"}
@@ -241,11 +244,14 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
         if key == "prompt_sha256":
             diffs.append("the prompt file's text")
         elif key == "config" and isinstance(old, dict):
-            # A run recorded before an option existed ran with that option's default.
-            defaults = json.loads(json.dumps(DecodeConfig().to_dict()))
+            # A run recorded before an option existed ran with that option's default, or with what the option
+            # now names when its default is not what the code did before it existed.
+            defaults = {**json.loads(json.dumps(DecodeConfig().to_dict())), **BEFORE_IT_EXISTED}
             for field in sorted((set(old) | set(value)) - {"method"}):  # the method is reported on its own
                 if field not in defaults and not old.get(field):
                     continue  # an option since removed, recorded switched off: it changed nothing
+                if field.startswith("auto_") and "auto" not in (old.get("weights"), value.get("weights")):
+                    continue  # options of automatic weights change nothing without them
                 was, now = old.get(field, defaults.get(field)), value.get(field, defaults.get(field))
                 if was != now:
                     diffs.append(f"config.{field}: {was!r} now {now!r}")

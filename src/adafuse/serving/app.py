@@ -59,6 +59,7 @@ ADAFUSE_OPTIONS = {
     "granularity": str,
     "combiner": str,
     "auto_sharpness": float,
+    "auto_evidence": str,
     "trace": bool,
 }
 #: OpenAI fields a greedy ensemble accepts and ignores: sampling knobs have nothing to act on.
