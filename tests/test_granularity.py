@@ -182,6 +182,28 @@ def test_confidence_combiner_lets_the_sure_member_decide():
     assert res.text == " Rome"
 
 
+# a is sure of " Paris" and all but rules " Rome" out; b and c both prefer " Rome", clearly but not absolutely.
+VETO_PARIS = {"": {" Paris": 0.95, " Rome": 0.0005}, " Rome": {EOS: 0.99}, " Paris": {EOS: 0.99}}
+MAJORITY_ROME = {"": {" Rome": 0.8, " Paris": 0.05}, " Rome": {EOS: 0.99}, " Paris": {EOS: 0.99}}
+
+
+def test_vote_combiner_bounds_each_members_say_so_one_member_cannot_veto():
+    def run(combiner: str):
+        members = [qa_member("a", VETO_PARIS), qa_member("b", MAJORITY_ROME), qa_member("c", MAJORITY_ROME)]
+        return Ensemble(members).generate("Q:", DecodeConfig(max_words=1, beam=2, combiner=combiner))
+
+    # The mean NLL: a's -log(0.0005) outweighs b's and c's preference together.
+    assert run("mean").text == " Paris"
+    voted = run("vote")
+    assert voted.text == " Rome"
+    # Each member shares out one vote in proportion to exp(-score) over the round's candidates.
+    cands = voted.rounds[0].candidates
+    rome = next(c for c in cands if c.text == " Rome")
+    shares = [math.exp(-rome.scores[m]) / sum(math.exp(-c.scores[m]) for c in cands) for m in "abc"]
+    assert rome.combined == pytest.approx(-math.log(sum(shares) / 3))
+    assert shares[0] < 0.05 < 0.75 < min(shares[1:])
+
+
 def test_evidence_weights_follow_the_rule():
     w = evidence_weights((0.5, 0.5), {0: 1.0, 1: 1.1}, 20.0)
     assert w[0] / w[1] == pytest.approx(2.718281828**2, rel=1e-6)

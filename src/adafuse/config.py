@@ -11,7 +11,7 @@ from adafuse.errors import ConfigError
 
 Normalisation = Literal["token", "char", "sum", "word"]
 METHODS = ("adafuse", "token", "span", "sample", "single")
-COMBINERS = ("mean", "confidence")
+COMBINERS = ("mean", "confidence", "vote")
 AUTO_EVIDENCE = ("answers", "prompt")
 # One wording of the new options for every command line that offers them.
 WEIGHTS_HELP = (
@@ -19,7 +19,10 @@ WEIGHTS_HELP = (
     "or a weights .json from `adafuse calibrate`."
 )
 GRANULARITY_HELP = "Fusion unit per round: word (the paper), adaptive, token, sentence or paragraph."
-COMBINER_HELP = "mean: weighted mean NLL (the paper); confidence: votes also weighted by each member's certainty."
+COMBINER_HELP = (
+    "mean: weighted mean NLL (the paper); confidence: votes also weighted by each member's certainty; "
+    "vote: each member shares out its weight over the candidates by their probability (no member can veto)."
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class DecodeConfig:
     #: whole prompt when it has none) or "prompt" (the whole prompt); see decoding/evidence.py.
     auto_evidence: str = "answers"
     #: "mean": weighted mean NLL (the paper). "confidence": each member's weight is also multiplied by its
-    #: top-1 probability at this round's first token, so a member that is sure counts for more.
+    #: top-1 probability at this round's first token, so a member that is sure counts for more. "vote": each
+    #: member shares out its weight over the round's candidates in proportion to their probability under it.
     combiner: str = "mean"
     #: how much text one round may commit: "word" is the paper's rule (up to ``max_words`` words); "adaptive"
     #: chooses token / word / sentence / paragraph per round from the signals in decoding/granularity.py.

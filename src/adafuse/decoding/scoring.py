@@ -63,8 +63,12 @@ def score_candidates(
     for i, scores in zip(state.active, map_active(state, member_scores), strict=True):
         for cand, score in zip(candidates, scores, strict=True):
             cand.scores[state.views[i].name] = score
-    for cand in candidates:
-        cand.combined = combine(state, cand)
+    if state.config.combiner == "vote":
+        for cand, value in zip(candidates, vote(state, candidates), strict=True):
+            cand.combined = value
+    else:
+        for cand in candidates:
+            cand.combined = combine(state, cand)
 
 
 Key = tuple[int, tuple[int, ...]]
@@ -154,6 +158,32 @@ def combine(state: DecodeState, cand: Candidate) -> float:
         total += w * s
         weight += w
     return total / weight if weight > 0 else math.inf
+
+
+def vote(state: DecodeState, candidates: list[Candidate]) -> list[float]:
+    """The bounded vote: each member shares out its weight over the candidates in proportion to ``exp(-score)``,
+    and a candidate's combined score is ``-log`` of the votes it gathers (lower is better, as for the mean).
+
+        v_m(c) = exp(-s_m(c)) / sum_c' exp(-s_m(c'))        score(c) = -log( sum_m w_m v_m(c) / sum_m w_m )
+
+    Under the weighted mean a member that finds a candidate very unlikely can veto it however little it weighs;
+    here no member moves more than its own weight, so a weak member's confident mistake cannot outvote the
+    others' agreement (docs/RESULTS.md, trace 1).
+    """
+    total = np.zeros(len(candidates))
+    weight = 0.0
+    for i in state.active:
+        name = state.views[i].name
+        scores = np.array([cand.scores[name] for cand in candidates], dtype=float)
+        bad = next((c for c, v in zip(candidates, scores, strict=True) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise MemberError(name, f"produced a non-finite score ({bad.scores[name]}) for candidate {bad.text!r}")
+        share = np.exp(scores.min() - scores)  # shifted by the best score: no underflow to 0/0
+        total += state.weights[i] * share / share.sum()
+        weight += state.weights[i]
+    if weight <= 0:
+        return [math.inf] * len(candidates)
+    return [float(-np.log(max(v / weight, 1e-300))) for v in total]
 
 
 def select(candidates: list[Candidate]) -> int:
