@@ -162,6 +162,19 @@ def test_chat_prompts_use_each_members_own_template_or_the_plain_layout(zoo_memb
     assert res.text.strip() and res.telemetry.rounds >= 1
 
 
+def test_vote_combiner_on_the_real_models(zoo_members, trivia_prompt):
+    cfg = DecodeConfig(combiner="vote", stop=("\n",), max_new_tokens=16)
+    first = Ensemble(zoo_members).generate(trivia_prompt, cfg)
+    again = Ensemble(zoo_members).generate(trivia_prompt, cfg)
+    assert first.text == again.text and first.text.strip()
+    for rnd in first.rounds:
+        if rnd.fast_path:
+            continue
+        # The votes are shares of one: the combined scores are -log of numbers that sum to one over a round.
+        assert sum(np.exp(-c.combined) for c in rnd.candidates) == pytest.approx(1.0)
+        assert rnd.chosen == int(np.argmin([c.combined for c in rnd.candidates]))
+
+
 def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivia_prompt):
     # Automatic weights from prompt evidence, the adaptive unit and the confidence combiner on llama.cpp members.
     cfg = DecodeConfig(
