@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The dev-set study behind docs/RESULTS.md: every method on the six tasks with the three built-in models.
-# Usage: bash benchmarks/study.sh OUT_DIR [PART]    PART: qa | long | sweep | options | all (default all)
+# Usage: bash benchmarks/study.sh OUT_DIR [PART]    PART: qa | long | extended | sweep | options | all (default all)
 # options: the beyond-the-paper options (granularity, combiner, automatic weights) on every task, beside the rest
 # (WITH_OPTIONS=1 adds them to the qa or long part alone, to run the two parts side by side).
 # Resumable: rerun the same command after an interruption and finished items are kept.
@@ -21,8 +21,9 @@ long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 10
   "gsm8k 50 ${N_GSM8K:-4} ${N_CAL_LONG:-5}")
 
 # Beyond the paper (docs/RESULTS.md, "Granularity, combiner and weights").
-options="adafuse@granularity=adaptive,adafuse@combiner=confidence,adafuse@weights=auto"
-options="$options,adafuse@normalise=word,weights=auto"
+options="adafuse@granularity=adaptive,adafuse@combiner=confidence,adafuse@combiner=vote,adafuse@normalise=word"
+options="$options,adafuse@weights=auto,adafuse@weights=auto,auto_sharpness=100"
+options="$options,adafuse@weights=auto,auto_evidence=prompt"
 if [[ "$part" == options || -n "${WITH_OPTIONS:-}" ]]; then
   methods="$methods,$options"
   long_methods="$long_methods,$options"
@@ -47,6 +48,14 @@ if [[ "$part" == qa || "$part" == options || "$part" == all ]]; then
 fi
 if [[ "$part" == long || "$part" == options || "$part" == all ]]; then
   for spec in "${long_tasks[@]}"; do study_task $spec "$long_methods"; done
+fi
+if [[ "$part" == extended || "$part" == all ]]; then
+  # Flores and GSM8K again at larger sizes (the runs above are reused, only the new rows are decoded).
+  ext="single:0,single:1,single:2,adafuse,span,sample,adafuse@weights=auto,auto_sharpness=100"
+  for spec in "flores-en-de 100 ${N_FLORES_EXT:-20}" "flores-de-en 100 ${N_FLORES_EXT:-20}" "gsm8k 50 ${N_GSM8K_EXT:-10}"; do
+    set -- $spec
+    adafuse compare "${base[@]}" --task "$1" --methods "$ext" --offset "$2" --limit "$3" --out "$out/$1"
+  done
 fi
 if [[ "$part" == sweep || "$part" == all ]]; then
   adafuse compare "${base[@]}" --task triviaqa --offset 1500 --limit "${N_TRIVIA:-50}" --out "$out/triviaqa" \
