@@ -91,6 +91,8 @@ def test_prompt_longer_than_a_members_context():
         (["--method", "vote"], "unknown method 'vote'"),
         (["--weights", "1,x"], "--weights must be comma-separated numbers"),
         (["--weights", "1,1"], "2 weights given for 3 members"),
+        (["--weights", "auto", "--auto-sharpness", "-1"], "auto_sharpness must be a finite number >= 0"),
+        (["--combiner", "median"], "unknown combiner 'median'; choose one of mean, confidence, vote"),
     ],
 )
 def test_nonsense_parameters(args, needle):

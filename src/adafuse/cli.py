@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adafuse.config import COMBINER_HELP, GRANULARITY_HELP, METHODS, WEIGHTS_HELP, DecodeConfig
+from adafuse.config import COMBINER_HELP, GRANULARITY_HELP, METHODS, SHARPNESS_HELP, WEIGHTS_HELP, DecodeConfig
 from adafuse.errors import AdafuseError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adaptive ensemble decoding of LLMs.")
@@ -79,6 +79,7 @@ def generate(
     weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
     granularity: Annotated[str, typer.Option(help=GRANULARITY_HELP)] = "word",
     combiner: Annotated[str, typer.Option(help=COMBINER_HELP)] = "mean",
+    auto_sharpness: Annotated[float, typer.Option("--auto-sharpness", help=SHARPNESS_HELP)] = 20.0,
     member: Annotated[int, typer.Option(help="Member index for --method single.")] = 0,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's chat template.")] = False,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context window per member.")] = 4096,
@@ -102,6 +103,7 @@ def generate(
             weights=parse_weights(weights, specs),
             granularity=granularity,
             combiner=combiner,
+            auto_sharpness=auto_sharpness,
             single_member=member,
         )
         text = unescape(prompt)

@@ -18,6 +18,9 @@ WEIGHTS_HELP = (
     "Member weights: comma-separated numbers, auto (from each member's likelihood of its prompt's worked answers), "
     "or a weights .json from `adafuse calibrate`."
 )
+SHARPNESS_HELP = (
+    "With --weights auto: beta in w ~ exp(-beta * NLL per byte); 0 keeps the given weights, 100 all but picks one."
+)
 GRANULARITY_HELP = "Fusion unit per round: word (the paper), adaptive, token, sentence or paragraph."
 COMBINER_HELP = (
     "mean: weighted mean NLL (the paper); confidence: votes also weighted by each member's certainty; "

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from adafuse.config import COMBINER_HELP, GRANULARITY_HELP, METHODS, WEIGHTS_HELP, DecodeConfig
+from adafuse.config import COMBINER_HELP, GRANULARITY_HELP, METHODS, SHARPNESS_HELP, WEIGHTS_HELP, DecodeConfig
 from adafuse.errors import AdafuseError, ConfigError
 from adafuse.evaluation.tasks import TASK_NAMES, Task, custom_task, load_task
 
@@ -31,6 +31,7 @@ BeamOpt = Annotated[int, typer.Option(help="First tokens an uncertain member bra
 WeightsOpt = Annotated[str | None, typer.Option(help=WEIGHTS_HELP)]
 GranularityOpt = Annotated[str, typer.Option(help=GRANULARITY_HELP)]
 CombinerOpt = Annotated[str, typer.Option(help=COMBINER_HELP)]
+SharpnessOpt = Annotated[float, typer.Option("--auto-sharpness", help=SHARPNESS_HELP)]
 ChatOpt = Annotated[bool, typer.Option(help="Render prompts with each member's chat template.")]
 NCtxOpt = Annotated[int, typer.Option("--n-ctx", help="Context window per member.")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads per member.")]
@@ -43,7 +44,14 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar on stderr."
 
 
 def decoding_options(
-    theta: float, max_words: int, beam: int, weights: str | None, granularity: str, combiner: str, specs: list[str]
+    theta: float,
+    max_words: int,
+    beam: int,
+    weights: str | None,
+    granularity: str,
+    combiner: str,
+    auto_sharpness: float,
+    specs: list[str],
 ) -> DecodeConfig:
     """The decoding options ``eval`` and ``compare`` share, read from their command lines."""
     from adafuse.cli import parse_weights
@@ -55,6 +63,7 @@ def decoding_options(
         weights=parse_weights(weights, specs),
         granularity=granularity,
         combiner=combiner,
+        auto_sharpness=auto_sharpness,
     )
 
 
@@ -110,6 +119,7 @@ def eval_command(
     weights: WeightsOpt = None,
     granularity: GranularityOpt = "word",
     combiner: CombinerOpt = "mean",
+    auto_sharpness: SharpnessOpt = 20.0,
     member: Annotated[int, typer.Option(min=0, help="Member index for --method single.")] = 0,
     chat: ChatOpt = False,
     n_ctx: NCtxOpt = 4096,
@@ -137,7 +147,8 @@ def eval_command(
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
         names = [spec_name(s) for s in specs]
         base = replace(
-            decoding_options(theta, max_words, beam, weights, granularity, combiner, specs), single_member=member
+            decoding_options(theta, max_words, beam, weights, granularity, combiner, auto_sharpness, specs),
+            single_member=member,
         )
         cfg = spec.config(base, names)
         if cfg.method == "single":
@@ -188,6 +199,7 @@ def compare_command(
     weights: WeightsOpt = None,
     granularity: GranularityOpt = "word",
     combiner: CombinerOpt = "mean",
+    auto_sharpness: SharpnessOpt = 20.0,
     chat: ChatOpt = False,
     n_ctx: NCtxOpt = 4096,
     threads: ThreadsOpt = None,
@@ -212,7 +224,7 @@ def compare_command(
         bench = build_task(task, data_dir, data, prompt, kind)
         labels = split_methods(methods)
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
-        base = decoding_options(theta, max_words, beam, weights, granularity, combiner, specs)
+        base = decoding_options(theta, max_words, beam, weights, granularity, combiner, auto_sharpness, specs)
         with LazyEnsemble(specs, n_ctx=n_ctx, n_threads=threads) as lazy:
             results = run_compare(
                 bench,
