@@ -9,7 +9,7 @@ from fakes import EOS, ScriptedMember, table
 
 from adafuse.config import DecodeConfig
 from adafuse.ensemble import Ensemble
-from adafuse.errors import ConfigError, PromptError
+from adafuse.errors import ConfigError, MemberError, PromptError
 
 PIECES = [" George", " V", ".", " was", " king", " Edward", " Henry", " X", " Y", "\n", " so", " \\boxed{", "7", "}"]
 
@@ -110,6 +110,15 @@ def test_argmin_uses_every_members_scores_and_the_weights(weights, winner):
         expected = (w[0] * c.scores["a"] + w[1] * c.scores["b"]) / sum(w)
         assert c.combined == pytest.approx(expected)
     assert rnd.winner.text == winner and res.text == winner
+
+
+@pytest.mark.parametrize("combiner", ["mean", "confidence", "vote"])
+def test_a_non_finite_score_is_an_error_naming_the_member_under_every_combiner(combiner):
+    broken = member("b", B_PREFERS_Y)
+    broken.score = lambda requests: [[math.nan] * len(cont) for _, cont in requests]  # type: ignore[method-assign]
+    ens = Ensemble([member("a", A_PREFERS_X), broken])
+    with pytest.raises(MemberError, match=r"'b'.*non-finite score \(nan\) for candidate"):
+        ens.generate("Q:", DecodeConfig(beam=1, stop=("\n",), combiner=combiner))  # b scores a's " X"
 
 
 def test_ties_go_to_the_first_proposal_every_time():

@@ -61,8 +61,12 @@ def score_candidates(
         return [-plan.logprob(lp) / _norm(mode, cand, plan.n_tokens) for cand, plan in zip(targets, plans, strict=True)]
 
     for i, scores in zip(state.active, map_active(state, member_scores), strict=True):
+        name = state.views[i].name
         for cand, score in zip(candidates, scores, strict=True):
-            cand.scores[state.views[i].name] = score
+            if not math.isfinite(score):
+                # An error, never a silent drop of the member's vote (the reference code's NaN bug).
+                raise MemberError(name, f"produced a non-finite score ({score}) for candidate {cand.text!r}")
+            cand.scores[name] = score
     if state.config.combiner == "vote":
         for cand, value in zip(candidates, vote(state, candidates), strict=True):
             cand.combined = value
@@ -141,7 +145,7 @@ def _norm(mode: str, cand: Candidate, n_tokens: int) -> float:
 
 
 def combine(state: DecodeState, cand: Candidate) -> float:
-    """Weighted mean of the active members' scores; a non-finite score is an error, never a silent drop.
+    """Weighted mean of the active members' scores (all finite: ``score_candidates`` checks them).
 
     With the ``confidence`` combiner a member's weight is multiplied by its top-1 probability at this round's
     first token: a member that is sure of what comes next counts for more than one that is guessing.
@@ -152,8 +156,6 @@ def combine(state: DecodeState, cand: Candidate) -> float:
     for i in state.active:
         name = state.views[i].name
         s = cand.scores[name]
-        if not math.isfinite(s):
-            raise MemberError(name, f"produced a non-finite score ({s}) for candidate {cand.text!r}")
         w = state.weights[i] * (math.exp(state.confidence.get(i, 0.0)) if by_confidence else 1.0)
         total += w * s
         weight += w
@@ -175,9 +177,6 @@ def vote(state: DecodeState, candidates: list[Candidate]) -> list[float]:
     for i in state.active:
         name = state.views[i].name
         scores = np.array([cand.scores[name] for cand in candidates], dtype=float)
-        bad = next((c for c, v in zip(candidates, scores, strict=True) if not math.isfinite(v)), None)
-        if bad is not None:
-            raise MemberError(name, f"produced a non-finite score ({bad.scores[name]}) for candidate {bad.text!r}")
         share = np.exp(scores.min() - scores)  # shifted by the best score: no underflow to 0/0
         total += state.weights[i] * share / share.sum()
         weight += state.weights[i]
