@@ -87,14 +87,14 @@ def _read(state: DecodeState, member: int) -> _Read | None:
     logprobs = view.member.evidence(ids)
     if logprobs is None:
         return None
+    pieces = [view.member.token_bytes(t) for t in ids]
     ranges: list[Span] = []
-    at = len(view.member.token_bytes(ids[0])) if ids else 0
-    for tok in ids[1 : len(logprobs) + 1]:
-        n = len(view.member.token_bytes(tok))
-        ranges.append((at, at + n))
-        at += n
+    at = len(pieces[0]) if pieces else 0
+    for piece in pieces[1 : len(logprobs) + 1]:
+        ranges.append((at, at + len(piece)))
+        at += len(piece)
     # A tokenizer that adds text of its own (a marker, a leading space) shifts the byte offsets: no answers then.
-    aligned = b"".join(view.member.token_bytes(t) for t in ids) == view.prompt.encode("utf-8")
+    aligned = b"".join(pieces) == view.prompt.encode("utf-8")
     return _Read(logprobs, ranges, answer_spans(view.prompt) if aligned else [])
 
 
