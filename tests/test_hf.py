@@ -265,10 +265,17 @@ def test_batched_score_equals_step_by_step_logprobs(tiny, name, keep_mode, monke
     got = m.score(requests)
     assert m.stats.forward_calls - before.forward_calls <= 2  # one batch (plus at most one prefix row)
     # The batch shares the prefix up to its shortest context; each row runs its own tokens after that, the last
-    # continuation token excepted (nothing reads the distribution after it).
+    # continuation token included (the next round reads the distribution after the winner).
     base = len(ctx) - 2
-    suffixes = sum(len(c) + len(t) - 1 - base for c, t in requests if t)
+    suffixes = sum(len(c) + len(t) - base for c, t in requests if t)
     assert m.stats.tokens_evaluated - before.tokens_evaluated <= suffixes + 1
+    # Committing any scored candidate costs no forward: the member adopts the batch row that holds it, and its
+    # next-token distribution matches step-by-step decoding.
+    winner = requests[2][0] + requests[2][1]
+    calls = m.stats.forward_calls
+    row = m.next_token(winner, 5)
+    assert m.stats.forward_calls == calls
+    assert list(row.logprobs) == pytest.approx(sorted(fresh_logprobs(m, winner), reverse=True)[:5], abs=1e-4)
     # Contexts that share nothing (not even a first token) still go in one batch.
     disjoint = [(other, plain_ids(m, rng, 3)), (ctx, plain_ids(m, rng, 2)), ([other[-1]], plain_ids(m, rng, 2))]
     got += m.score(disjoint)
@@ -284,16 +291,19 @@ def test_kv_cache_survives_grow_rollback_branch_and_score_without_drift(tiny):
         evaluated_before = m.stats.tokens_evaluated
         asked = 0
         for step in range(40):
-            op = rng.choice(["grow", "grow", "rollback", "branch", "score", "greedy", "prefill", "same"])
+            op = rng.choice(["grow", "grow", "rollback", "branch", "score", "commit", "greedy", "prefill", "same"])
             if op == "grow":
                 ctx = ctx + plain_ids(m, rng, rng.randint(1, 5))
             elif op == "rollback":
                 ctx = ctx[: rng.randint(2, len(ctx))]
             elif op == "branch":
                 ctx = ctx[: rng.randint(2, len(ctx))] + plain_ids(m, rng, rng.randint(1, 3))
-            elif op == "score":
+            elif op in ("score", "commit"):
                 head = rng.randint(2, len(ctx))
-                m.score([(ctx[:head], plain_ids(m, rng, rng.randint(1, 4))) for _ in range(rng.randint(1, 4))])
+                requests = [(ctx[:head], plain_ids(m, rng, rng.randint(1, 4))) for _ in range(rng.randint(1, 4))]
+                m.score(requests)
+                if op == "commit":  # the round's winner: the next call continues from the batch row holding it
+                    ctx = ctx[:head] + rng.choice(requests)[1]
             elif op == "greedy":
                 ctx = ctx + [s.token for s in m.greedy(ctx, 3, 5)]
             elif op == "prefill":

@@ -4,9 +4,11 @@ The member keeps one batch-1 KV cache (a ``DynamicCache``) and the token ids it 
 a prefix with the cache crops it to that prefix and runs only the new tokens, so the prompt is encoded once per
 generation; ``prefill`` cuts prompts at fixed 64-token boundaries so that an answer never depends on what ran
 before. ``score`` runs all candidates of a round in one right-padded batch on top of their shared prefix: the
-prefix's keys and values are copied into a throwaway batch cache, so the member's own cache is never disturbed by
-the candidates. Logits are computed only at the positions a caller reads (``logits_to_keep``): with a 49k-262k
-vocabulary the output projection is most of the cost of a short suffix.
+prefix's keys and values are copied into a batch cache, so the member's own cache (usually holding its own
+proposal) is not disturbed. The batch runs each candidate to its last token and is kept until the next call: when
+the round's winner is one of its rows, the next round adopts that row instead of evaluating the committed span
+again (one forward fewer for that member). Logits are computed only at the positions a caller reads
+(``logits_to_keep``): with a 49k-262k vocabulary the output projection is most of the cost of a short suffix.
 
 GGUF files go through transformers' GGUF loader, which dequantises to dense float32 weights; that takes tens of
 seconds, so the dequantised model and tokenizer are saved once under ``cache_dir() / "hf"`` and loaded from there
@@ -26,6 +28,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +337,19 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[Any, Any]:
 # -- the member ------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _ScoredBatch:
+    """The batch cache of the last ``score`` call, kept until the member's next call (see ``HFMember._adopt``)."""
+
+    past: Any
+    #: the token ids row b of ``past`` holds (its right padding excluded)
+    seqs: list[list[int]]
+    #: next-token log-probabilities after each row's last token
+    rows: list[np.ndarray]
+    #: the prefix every row shares with the member's own cache
+    base: int
+
+
 class HFMember:
     """A causal LM run by transformers + torch, with a rollback-able KV cache and batched candidate scoring."""
 
@@ -405,6 +421,7 @@ class HFMember:
         self._canonical = 0
         # ``evidence`` of whole chunks, by the prompt prefix they end at: a shared few-shot prefix is scored once.
         self._chunk_evidence: OrderedDict[int, list[float]] = OrderedDict()
+        self._scored: _ScoredBatch | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -545,6 +562,7 @@ class HFMember:
         return out.logits
 
     def _reset(self) -> None:
+        self._scored = None
         self._past = DynamicCache()
         self._cache.clear()
         self._rows.clear()
@@ -610,8 +628,39 @@ class HFMember:
         while len(self._rows) > _ROWS_KEPT:
             self._rows.popitem(last=False)
 
+    def _adopt(self, context: Sequence[int]) -> None:
+        """Continue from the last scored batch's row that holds more of ``context`` than the member's own cache.
+
+        The batch is dropped either way: it is only valid until the member's cache next changes.
+        """
+        scored, self._scored = self._scored, None
+        if scored is None:
+            return
+        best, held = -1, common_prefix_len(self._cache, context)
+        for b, seq in enumerate(scored.seqs):
+            n = common_prefix_len(seq, context)
+            if n > held:
+                best, held = b, n
+        if best < 0:
+            return
+        seq = scored.seqs[best]
+        past = DynamicCache()
+        for idx, (k, v) in enumerate(_layer_kv(scored.past)):
+            if k is None or k.numel() == 0:
+                break
+            past.update(k[best : best + 1, :, : len(seq)], v[best : best + 1, :, : len(seq)], idx)
+        self._past = past
+        self._cache = list(seq)
+        # Rows before the shared prefix were computed on the same tokens; later ones belonged to the old cache.
+        for pos in [p for p in self._rows if p >= scored.base]:
+            del self._rows[pos]
+        self._remember(len(seq) - 1, scored.rows[best])
+        # The batch's tokens were not evaluated in whole canonical chunks.
+        self._canonical = min(self._canonical, scored.base - scored.base % _CHUNK)
+
     def _hold(self, prefix: Sequence[int]) -> None:
         """Make the cache hold exactly ``prefix``, evaluating only what it does not already hold."""
+        self._adopt(prefix)
         self._truncate(common_prefix_len(self._cache, prefix))
         keep = len(self._cache)
         self.stats.tokens_reused += keep
@@ -623,6 +672,7 @@ class HFMember:
         if not context:
             raise PromptError(f"member {self.name!r}: empty context")
         n = len(context)
+        self._adopt(context)
         keep = common_prefix_len(self._cache, context)
         if keep == n and (n - 1) in self._rows:
             # Cached tokens beyond the context stay: the next call may walk on along the same path.
@@ -649,6 +699,7 @@ class HFMember:
         if not context:
             raise PromptError(f"member {self.name!r}: empty context")
         with self._lock, torch.inference_mode():
+            self._scored = None
             self._rows.clear()
             keep = min(common_prefix_len(self._cache, context), len(context) - 1, self._canonical)
             self._truncate(keep - keep % _CHUNK)
@@ -669,6 +720,7 @@ class HFMember:
             raise PromptError(f"member {self.name!r}: empty context")
         covered = evidence_span(n, _CHUNK)
         with self._lock, torch.inference_mode():
+            self._scored = None
             out: list[float] = []
             start = 0
             while covered < n and start + _CHUNK < covered + 1:
@@ -722,21 +774,29 @@ class HFMember:
         conts = [list(requests[i][1]) for i in live]
         if any(not c for c in ctxs):
             raise PromptError(f"member {self.name!r}: empty context")
-        # A continuation's last token is scored by the row before it and never needs evaluating itself.
-        seqs = [c + t[:-1] for c, t in zip(ctxs, conts, strict=True)]
+        seqs = [c + t for c, t in zip(ctxs, conts, strict=True)]
         longest = max(len(s) for s in seqs)
-        if longest > self.n_ctx:
-            raise PromptError(f"member {self.name!r}: context of {longest} tokens exceeds its window of {self.n_ctx}")
+        if longest - 1 > self.n_ctx:
+            raise PromptError(
+                f"member {self.name!r}: context of {longest - 1} tokens exceeds its window of {self.n_ctx}"
+            )
+        # A continuation's last token is scored by the row before it; it is evaluated too (for the row after it,
+        # which the next round reads if this candidate wins) unless that would overrun the window.
+        through_last = longest <= self.n_ctx
+        if not through_last:
+            seqs = [s[:-1] for s in seqs]
         # The shared prefix is encoded once (usually it is already cached): everything up to the shortest context.
         base = min(len(c) for c in ctxs)
         for s in seqs[1:]:
             base = min(base, common_prefix_len(seqs[0], s))
+        prefix = seqs[0][:base]
+        self._adopt(prefix)
         first_row = None
         reused = self.stats.tokens_reused
         if any(len(c) == base for c in ctxs):
-            first_row = self._row_after(seqs[0][:base])
-        # The batch runs on a cache holding exactly the shared prefix.
-        self._hold(seqs[0][:base])
+            first_row = self._row_after(prefix)
+        if common_prefix_len(self._cache, prefix) < base:
+            self._hold(prefix)
         # Row j of request r's suffix (position base + j) predicts cont[base + j + 1 - len(ctx)]: the first row it
         # needs is starts[r], where -1 stands for first_row, the row after the shared prefix.
         suffixes = [s[base:] for s in seqs]
@@ -746,52 +806,35 @@ class HFMember:
             if starts[r] < 0:
                 assert first_row is not None
                 lps[r].append(float(first_row[cont[0]]))
-        batch = [r for r in range(len(live)) if suffixes[r]]
-        if len(batch) == 1:
-            self._score_on_cache(batch[0], base, suffixes, starts, conts, lps)
-        elif batch:
-            self._score_batched(batch, base, suffixes, starts, conts, lps)
+        # No forward only to read the rows after one-token candidates that first_row already scored.
+        if any(len(s) > through_last for s in suffixes):
+            self._score_batched(base, suffixes, starts, conts, lps, through_last)
         # Counted per request, as if each had been run on its own: every one reused the shared prefix.
         self.stats.tokens_reused = reused + base * len(live)
         for r, i in enumerate(live):
             out[i] = lps[r]
         return out
 
-    def _score_on_cache(
-        self,
-        r: int,
-        base: int,
-        suffixes: list[list[int]],
-        starts: list[int],
-        conts: list[list[int]],
-        lps: list[list[float]],
-    ) -> None:
-        """One candidate: run it on the member's own cache, which then holds it (it may well win the round)."""
-        suffix = suffixes[r]
-        first = max(starts[r], 0)
-        ids = torch.tensor([suffix], dtype=torch.long, device=self.device)
-        wanted = list(range(first, len(suffix)))
-        keep = self._keep_for([wanted], len(suffix))
-        logits = self._forward(ids, self._past, base, keep)
-        self.stats.tokens_evaluated += len(suffix)
-        self._cache.extend(suffix)
-        rows = self._rows_of(logits, [wanted], len(suffix))[0]
-        targets = conts[r][len(conts[r]) - len(wanted) :]
-        lps[r].extend(self._gather(rows, targets))
-
     def _score_batched(
         self,
-        batch: list[int],
         base: int,
         suffixes: list[list[int]],
         starts: list[int],
         conts: list[list[int]],
         lps: list[list[float]],
+        through_last: bool,
     ) -> None:
-        """Several candidates: one right-padded batch on a batch-expanded view of the shared prefix's cache."""
-        kv = _layer_kv(self._past)
-        per_token = sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in kv if k is not None)
-        for group in self._groups(batch, base, suffixes, per_token):
+        """All candidates in right-padded batches on a batch-expanded copy of the shared prefix's cache; the
+        member's own cache keeps whatever it held beyond the prefix (its own proposal, which may win)."""
+        kv = []
+        for k, v in _layer_kv(self._past):
+            if k is None or k.numel() == 0:
+                break
+            kv.append((k[:, :, :base], v[:, :, :base]))
+        per_token = sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in kv)
+        batch = [r for r in range(len(suffixes)) if suffixes[r]]
+        groups = list(self._groups(batch, base, suffixes, per_token))
+        for group in groups:
             width = max(len(suffixes[r]) for r in group)
             ids = torch.zeros((len(group), width), dtype=torch.long, device=self.device)
             for b, r in enumerate(group):
@@ -799,10 +842,17 @@ class HFMember:
             wanted = [list(range(max(starts[r], 0), len(suffixes[r]))) for r in group]
             past = _expanded(kv, len(group))
             logits = self._forward(ids, past, base, self._keep_for(wanted, width))
-            del past
             self.stats.tokens_evaluated += sum(len(suffixes[r]) for r in group)
+            after: list[np.ndarray] = []
             for r, rows, want in zip(group, self._rows_of(logits, wanted, width), wanted, strict=True):
-                lps[r].extend(self._gather(rows, conts[r][len(conts[r]) - len(want) :]))
+                scored = len(want) - through_last
+                if scored:
+                    lps[r].extend(self._gather(rows[:scored], conts[r][len(conts[r]) - scored :]))
+                if through_last:
+                    after.append(torch.log_softmax(rows[-1].float(), dim=-1).cpu().numpy())
+            if through_last and len(groups) == 1:
+                seqs = [self._cache[:base] + suffixes[r] for r in group]
+                self._scored = _ScoredBatch(past, seqs, after, base)
 
     def _groups(self, batch: list[int], base: int, suffixes: list[list[int]], per_token: int) -> Iterator[list[int]]:
         """Split the batch so that its expanded cache stays under ``_BATCH_CACHE_BYTES``."""
@@ -882,7 +932,5 @@ def _expanded(kv: list[tuple[Any, Any]], batch: int) -> Any:
     """A fresh cache whose every row is the given batch-1 cache (``update`` copies the expanded views once)."""
     past = DynamicCache()
     for idx, (k, v) in enumerate(kv):
-        if k is None or k.numel() == 0:
-            break
         past.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), idx)
     return past
