@@ -1,9 +1,10 @@
 """Where the resident memory goes: the interpreter and libraries, each member as it loads, one generation.
 
-Usage: python benchmarks/memory.py [--n-ctx 4096] [--no-repack]
+Usage: ADAFUSE_DATA=../shared/data python benchmarks/memory.py [--n-ctx 4096] [--no-repack] [--task triviaqa]
 Prints resident memory (MiB) after each step and the sum of the model files, so the overhead over the weights can
-be split into what Python brings, what each llama.cpp context adds (KV cache: n_ctx x layers x 2 x kv width x 2 B;
-compute buffers; repacked weights) and what decoding adds.
+be split into what Python brings, what each llama.cpp context adds (KV cache: cells x layers x 2 x kv width x 2 B,
+where the cells start at 512 and double up to n_ctx as requests need them; compute buffers; repacked weights) and
+what decoding adds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--no-repack", action="store_true", help="keep llama.cpp from repacking weights into a copy")
+    ap.add_argument("--task", default="triviaqa", help="the generation runs on this task's first dev prompt")
     args = ap.parse_args()
     print(f"interpreter: {rss_mib()} MiB")
     import llama_cpp  # noqa: F401
@@ -32,6 +34,7 @@ def main() -> None:
     from adafuse.backends import DEFAULT_ENSEMBLE, load_member
     from adafuse.config import DecodeConfig
     from adafuse.ensemble import Ensemble
+    from adafuse.evaluation.tasks import load_task
 
     print(f"libraries imported: {rss_mib()} MiB")
     if args.no_repack:
@@ -40,12 +43,14 @@ def main() -> None:
     for name in DEFAULT_ENSEMBLE:
         members.append(load_member(name, n_ctx=args.n_ctx, n_threads=1))
         print(f"+ {name}: {rss_mib()} MiB")
-    Ensemble(members).generate(
-        "Question: Which British king married Mary of Teck?\nAnswer:", DecodeConfig(stop=("\n",))
-    )
+    task = load_task(args.task)
+    prompt = task.build_prompt(task.items(limit=1)[0].question)
+    cfg = DecodeConfig(stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed)
+    Ensemble(members).generate(prompt, cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     files = sum(os.path.getsize(m.path) for m in members) // 2**20  # type: ignore[attr-defined]
-    print(f"after one generation: {rss_mib()} MiB, peak {peak} MiB")
+    cells = ", ".join(f"{m.name} {m._ctx_size}" for m in members)  # type: ignore[attr-defined]
+    print(f"after one generation: {rss_mib()} MiB, peak {peak} MiB (KV cells: {cells})")
     print(f"model files: {files} MiB; peak / files: {peak / files:.2f}")
 
 

@@ -195,3 +195,37 @@ def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivi
     best = min(tel.prompt_nll, key=tel.prompt_nll.get)
     assert max(tel.weights, key=tel.weights.get) == best
     assert {r.unit for r in first.rounds} <= {"token", "word", "sentence", "paragraph"}
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_the_kv_cache_grows_on_demand_without_changing_a_number(name, monkeypatch):
+    """A context starts with 512 cells and doubles when a request needs more; the cells move, so every logit
+    equals a context created at full size (Gemma: sliding-window and global caches both move)."""
+    from adafuse.backends import llamacpp
+    from adafuse.backends.zoo import resolve_model_path
+
+    path = resolve_model_path(name)
+    text = "The history of the British monarchy is long and full of surprises. " * 60
+    grown = llamacpp.LlamaCppMember(path, n_ctx=2048, n_threads=2)
+    monkeypatch.setattr(llamacpp, "_INITIAL_CTX", 2048)
+    full = llamacpp.LlamaCppMember(path, n_ctx=2048, n_threads=2)
+    try:
+        assert (grown._ctx_size, full._ctx_size) == (512, 2048)
+        for m in (grown, full):
+            ctx = m.tokenize(text)
+            assert 512 < len(ctx) < 1024
+            m.prefill(ctx[:300])
+            m.next_token(ctx[:300], 5)
+        assert grown._ctx_size == 512
+        rows = []
+        for m in (grown, full):
+            ctx = m.tokenize(text)
+            steps = m.greedy(ctx, 12, 5)  # crosses 512 cells: the cache moves mid-request
+            ids = ctx + [s.token for s in steps]
+            rows.append(([s.token for s in steps], m.logprobs_of(ids, list(range(m.n_vocab)))))
+        assert grown._ctx_size == 1024
+        assert rows[0][0] == rows[1][0]
+        assert rows[0][1] == rows[1][1]  # bit for bit
+    finally:
+        grown.close()
+        full.close()

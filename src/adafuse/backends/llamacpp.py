@@ -33,6 +33,8 @@ _ROWS_KEPT = 16
 # on the batch it was decoded in, so a prompt must always be cut the same way, whatever ran before, for the same
 # request to give the same answer byte for byte (see ``prefill``).
 _CHUNK = 64
+# KV cells a context starts with; it grows by doubling up to the member's window (``LlamaCppMember._grow``).
+_INITIAL_CTX = 512
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -95,7 +97,6 @@ class LlamaCppMember:
         # models barely use a second thread, so members in parallel beat one member with all the threads.
         self.concurrent = threads < (os.cpu_count() or 1) and not os.environ.get("XSEQ")
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
         # Prompts are decoded in _CHUNK-token calls and everything else one token at a time, so llama.cpp's
         # compute buffers (sized by the micro-batch) need not be larger. The saving is small for these models
@@ -107,14 +108,20 @@ class LlamaCppMember:
         # Sliding-window models (Gemma 3) can only roll back inside a full-size cache.
         cparams.swa_full = True
         cparams.no_perf = True
-        self._ctx = llama_cpp.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
+        self._cparams = cparams
+        # ``n_ctx`` is the window a request may fill; the KV cache starts small and doubles when a request needs
+        # more (``_grow``), so memory follows the longest context actually seen, not the largest allowed.
+        self.n_ctx = n_ctx
+        ctx = self._new_context(min(n_ctx, _INITIAL_CTX))
+        if not ctx:
             llama_cpp.llama_model_free(self._model)
-            raise ModelLoadError(f"llama.cpp could not create a context of {n_ctx} tokens for {self.path}")
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {min(n_ctx, _INITIAL_CTX)} tokens for {self.path}"
+            )
+        self._ctx = ctx
+        self._ctx_size = llama_cpp.llama_n_ctx(ctx)
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._mem = llama_cpp.llama_get_memory(self._ctx)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = n_batch
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.stats = MemberStats()
@@ -187,8 +194,49 @@ class LlamaCppMember:
         ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
         self._remember(start + len(tokens) - 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
 
+    def _new_context(self, size: int) -> ctypes.c_void_p | None:
+        self._cparams.n_ctx = size
+        ctx = llama_cpp.llama_init_from_model(self._model, self._cparams)
+        if ctx:
+            self._mem = llama_cpp.llama_get_memory(ctx)
+        return ctx
+
+    def _grow(self, needed: int) -> None:
+        """Move the cache into a context of at least ``needed`` cells (doubling, at most ``n_ctx``).
+
+        The cached cells are copied, not recomputed: every later number is exactly what a context created at the
+        full size gives, since only the cells in use enter llama.cpp's arithmetic (tested).
+        """
+        size = self._ctx_size
+        while size < needed:
+            size *= 2
+        size = min(size, self.n_ctx)
+        old = self._ctx
+        state = None
+        n = 0
+        if self._cache:
+            cap = llama_cpp.llama_state_seq_get_size(old, 0)
+            state = (ctypes.c_uint8 * cap)()
+            n = llama_cpp.llama_state_seq_get_data(old, state, cap, 0)
+        new = self._new_context(size)
+        if not new:
+            self._mem = llama_cpp.llama_get_memory(old)
+            raise MemberError(
+                self.name,
+                f"llama.cpp could not grow the context to {size} tokens (out of memory?); use a smaller n_ctx",
+            )
+        if state is not None and llama_cpp.llama_state_seq_set_data(new, state, n, 0) != n:
+            llama_cpp.llama_free(new)
+            self._mem = llama_cpp.llama_get_memory(old)
+            raise MemberError(self.name, f"llama.cpp could not move the cache into a context of {size} tokens")
+        llama_cpp.llama_free(old)
+        self._ctx = new
+        self._ctx_size = llama_cpp.llama_n_ctx(new)
+
     def _decode_chunk(self, chunk: Sequence[int], pos: int, every_row: bool, last_row: bool) -> None:
         """One ``llama_decode`` of ``chunk`` at positions ``pos...``, with logits for every token or the last."""
+        if pos + len(chunk) > self._ctx_size:
+            self._grow(pos + len(chunk))
         b = self._batch
         b.n_tokens = len(chunk)
         for i, tok in enumerate(chunk):
