@@ -22,7 +22,8 @@ import pytest
 
 from adafuse import ensemble as ensemble_module
 from adafuse.config import DecodeConfig
-from adafuse.decoding.failure import FailurePolicy, map_active, reason_of
+from adafuse.decoding.failure import FailurePolicy, reason_of
+from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.ensemble import Ensemble
 from adafuse.errors import ConfigError, MemberError, ModelLoadError

@@ -9,8 +9,8 @@ the same single string, scoring cannot change the choice, so it is skipped (the 
 from __future__ import annotations
 
 from adafuse.backends.base import Step, TopK
-from adafuse.decoding.failure import map_active
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
+from adafuse.decoding.parallel import map_active
 from adafuse.decoding.proposals import DraftWriter, write_draft
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState

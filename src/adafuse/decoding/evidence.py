@@ -29,6 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
 
 Span = tuple[int, int]
@@ -101,12 +102,10 @@ def _read(state: DecodeState, member: int) -> _Read | None:
 def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | None:
     """Each active member's evidence NLL per byte, and which text it was measured on ("answers" or "prompt");
     None if a member cannot tell."""
-    reads: dict[int, _Read] = {}
-    for i in state.active:
-        found = _read(state, i)
-        if found is None:
-            return None
-        reads[i] = found
+    found = map_active(state, lambda i: _read(state, i))
+    if any(r is None for r in found):
+        return None
+    reads = {i: r for i, r in zip(state.active, found, strict=True) if r is not None}
     shared = min(r.complete_spans() for r in reads.values())
     if state.config.auto_evidence == "answers" and shared > 0:
         return {i: r.nll_per_byte(r.spans[:shared]) for i, r in reads.items()}, "answers"

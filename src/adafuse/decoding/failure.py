@@ -5,17 +5,13 @@ message. ``drop``: the member leaves ``state.active``, the round is run again by
 records ``dropped[name] = reason``; the last member standing is never dropped (its error propagates).
 
 ``FailurePolicy`` wraps a strategy, so the loop needs no change to apply it; ``admit`` applies the same policy to
-the tokenisation of the prompts before the first round. ``map_active`` runs one function per active member,
-members that declare ``concurrent = True`` (remote ones, and in-process ones that leave cores free) in a thread
-pool.
+the tokenisation of the prompts before the first round.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Sequence
 
 from adafuse.decoding.loop import Strategy, reference
 from adafuse.decoding.state import DecodeState, MemberView
@@ -26,10 +22,6 @@ from adafuse.result import Round
 log = logging.getLogger(__name__)
 
 POLICIES = ("fail", "drop")
-T = TypeVar("T")
-
-# Threads only wait on sockets, so a generous bound costs nothing; created lazily, shared by every ensemble.
-_POOL: ThreadPoolExecutor | None = None
 
 
 def check_policy(policy: str) -> str:
@@ -108,46 +100,3 @@ class FailurePolicy:
             except MemberError as exc:
                 # The round was decided with this member's vote; it leaves from the next round on.
                 self._drop_or_raise(state, exc)
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="adafuse-member")
-    return _POOL
-
-
-def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
-    """``[fn(i) for i in state.active]``, with members that declare ``concurrent`` run in worker threads.
-
-    An in-process member that uses every core runs here, one after another: two of them computing at once spin
-    on the same cores. One given fewer threads than there are cores (``--threads 1``) declares itself
-    concurrent, like remote members, which only wait on the network: one-token decodes of small models barely
-    use a second thread, so members side by side beat one member with all of them (docs/PERFORMANCE.md). Each
-    member's numbers do not depend on the timing, so neither does the answer. Every call finishes before this
-    returns, and the first error in member order is raised, so a failure is reported the same way whatever the
-    timing.
-    """
-    members = list(state.active)
-    concurrent = [i for i in members if getattr(state.views[i].member, "concurrent", False)]
-    if len(members) < 2 or not concurrent:
-        return [fn(i) for i in members]
-    futures: dict[int, Future[T]] = {i: _pool().submit(fn, i) for i in concurrent}
-    results: dict[int, T] = {}
-    errors: dict[int, BaseException] = {}
-    for i in members:
-        if i in futures:
-            continue
-        try:
-            results[i] = fn(i)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the threads are done with the state
-            errors[i] = exc
-            break
-    for i, fut in futures.items():
-        try:
-            results[i] = fut.result()
-        except BaseException as exc:  # noqa: BLE001 - same
-            errors[i] = exc
-    if errors:
-        raise errors[min(errors, key=members.index)]
-    return [results[i] for i in members]

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from adafuse.decoding.evidence import apply_auto_weights
+from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
 from adafuse.decoding.stopping import find_stop
 from adafuse.decoding.words import decode_utf8_prefix
@@ -26,8 +27,7 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     start = time.perf_counter()
     before = {v.name: v.member.stats.snapshot() for v in state.views}
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
-    for i in state.active:
-        state.views[i].member.prefill(state.context(i))
+    map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))
     evidence = apply_auto_weights(state) if cfg.weights == "auto" and state.config.method != "single" else None
     rounds = state.rounds
     finish = ""

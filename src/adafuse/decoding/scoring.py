@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adafuse.backends.base import common_prefix_len
-from adafuse.decoding.failure import map_active
+from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.decoding.words import word_ends
 from adafuse.errors import MemberError
