@@ -289,9 +289,11 @@ def test_kv_cache_survives_grow_rollback_branch_and_score_without_drift(tiny):
         rng = random.Random(zlib.crc32(m.name.encode()))
         ctx = m.tokenize("the quick brown fox jumps over the lazy dog")
         evaluated_before = m.stats.tokens_evaluated
-        asked = 0
+        asked = restarted = 0
         for step in range(40):
-            op = rng.choice(["grow", "grow", "rollback", "branch", "score", "commit", "greedy", "prefill", "same"])
+            op = rng.choice(
+                ["grow", "grow", "rollback", "branch", "score", "commit", "walk", "greedy", "prefill", "same"]
+            )
             if op == "grow":
                 ctx = ctx + plain_ids(m, rng, rng.randint(1, 5))
             elif op == "rollback":
@@ -304,17 +306,28 @@ def test_kv_cache_survives_grow_rollback_branch_and_score_without_drift(tiny):
                 m.score(requests)
                 if op == "commit":  # the round's winner: the next call continues from the batch row holding it
                     ctx = ctx[:head] + rng.choice(requests)[1]
+            elif op == "walk":  # an uncertain member's branches, in lockstep; one of them wins
+                branches = [ctx + [t] for t in plain_ids(m, rng, rng.randint(2, 3))]
+                for _ in range(rng.randint(1, 3)):
+                    tops = m.next_tokens(branches, 5)
+                    asked += sum(len(b) for b in branches)
+                    walked = branches
+                    branches = [b + [t.ids[0]] for b, t in zip(branches, tops, strict=True)]
+                ctx = rng.choice(walked + branches)
             elif op == "greedy":
                 ctx = ctx + [s.token for s in m.greedy(ctx, 3, 5)]
             elif op == "prefill":
                 ctx = ctx[: rng.randint(2, len(ctx))] + plain_ids(m, rng, rng.randint(0, 70))
+                before = m.stats.tokens_evaluated
                 m.prefill(ctx)
+                # A request starts from the last whole chunk by design (history independence): not cache waste.
+                restarted += m.stats.tokens_evaluated - before
             ctx = ctx[: m.n_ctx - 8]
             asked += len(ctx)
             assert member_logprobs(m, ctx) == pytest.approx(fresh_logprobs(m, ctx), abs=1e-4), (m.name, step, op)
         # The cache did its job: far fewer tokens evaluated than the contexts asked about (rollbacks and branches
         # re-run a token or two, candidates are scored on top).
-        assert m.stats.tokens_evaluated - evaluated_before < asked / 2, m.name
+        assert m.stats.tokens_evaluated - evaluated_before - restarted < asked / 2, m.name
 
 
 def test_next_token_is_sorted_by_logprob_then_id(tiny):
@@ -543,3 +556,29 @@ def test_prompt_evidence_agrees_across_backends_and_does_not_depend_on_history(s
     # A prompt within one block counts whole.
     short = ids[:40]
     assert len(lc.evidence(short)) == len(hf.evidence(short)) == 39
+
+
+def test_branches_walk_in_lockstep_one_forward_per_step_and_the_winner_is_adopted(tiny):
+    for m in tiny.values():
+        rng = random.Random(zlib.crc32(m.name.encode()) + 1)
+        ctx = m.tokenize("Question: Which British king married Mary of Teck? Answer:")
+        m.next_token(ctx, 5)
+        branches = [ctx + [t] for t in plain_ids(m, rng, 3)]
+        calls = m.stats.forward_calls
+        for step in range(4):
+            tops = m.next_tokens(branches, 5)
+            for branch, top in zip(branches, tops, strict=True):
+                fresh = fresh_logprobs(m, branch)
+                assert list(top.logprobs) == pytest.approx(sorted(fresh, reverse=True)[:5], abs=1e-4), (m.name, step)
+                assert fresh[top.ids[0]] == pytest.approx(fresh.max(), abs=1e-5)
+            walked = branches
+            branches = [b + [t.ids[0]] for b, t in zip(branches, tops, strict=True)]
+            if step == 1:
+                branches = branches[1:]  # a branch that ended retires; the others walk on in the same batch
+        assert m.stats.forward_calls - calls == 4, m.name
+        # A draft ends where its last token opened the next word: the winner is a context walked last, and the
+        # member carries on from its row with no forward.
+        calls = m.stats.forward_calls
+        top = m.next_token(walked[1], 5)
+        assert m.stats.forward_calls == calls
+        assert list(top.logprobs) == pytest.approx(sorted(fresh_logprobs(m, walked[1]), reverse=True)[:5], abs=1e-4)

@@ -338,16 +338,21 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[Any, Any]:
 
 
 @dataclass
-class _ScoredBatch:
-    """The batch cache of the last ``score`` call, kept until the member's next call (see ``HFMember._adopt``)."""
+class _Batch:
+    """A batch cache left by ``score`` or ``next_tokens``: each row a prefix shared with the member's own cache
+    plus one candidate or branch; a later call continues from a row instead of evaluating it again (``_adopt``)."""
 
     past: Any
-    #: the token ids row b of ``past`` holds (its right padding excluded)
+    #: the token ids row b of ``past`` holds (its right padding excluded; empty once a row holds junk)
     seqs: list[list[int]]
     #: next-token log-probabilities after each row's last token
-    rows: list[np.ndarray]
-    #: the prefix every row shares with the member's own cache
+    rows: list[np.ndarray | None]
+    #: the prefix every row shares
     base: int
+    #: leading positions computed in whole canonical chunks (see ``HFMember.prefill``)
+    canonical: int
+    #: positions in ``past`` (rows shorter than this are right-padded)
+    length: int
 
 
 class HFMember:
@@ -421,7 +426,8 @@ class HFMember:
         self._canonical = 0
         # ``evidence`` of whole chunks, by the prompt prefix they end at: a shared few-shot prefix is scored once.
         self._chunk_evidence: OrderedDict[int, list[float]] = OrderedDict()
-        self._scored: _ScoredBatch | None = None
+        # Batch caches of the last scoring and branch walk; a request's own, dropped by the next ``prefill``.
+        self._batches: list[_Batch] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -562,7 +568,7 @@ class HFMember:
         return out.logits
 
     def _reset(self) -> None:
-        self._scored = None
+        self._batches = []
         self._past = DynamicCache()
         self._cache.clear()
         self._rows.clear()
@@ -629,34 +635,38 @@ class HFMember:
             self._rows.popitem(last=False)
 
     def _adopt(self, context: Sequence[int]) -> None:
-        """Continue from the last scored batch's row that holds more of ``context`` than the member's own cache.
-
-        The batch is dropped either way: it is only valid until the member's cache next changes.
-        """
-        scored, self._scored = self._scored, None
-        if scored is None:
+        """Continue from the batch row that holds more of ``context`` than the member's own cache, if any."""
+        best: tuple[_Batch, int] | None = None
+        held = common_prefix_len(self._cache, context)
+        for batch in self._batches:
+            for b, seq in enumerate(batch.seqs):
+                if len(seq) > held and (n := common_prefix_len(seq, context)) > held:
+                    best, held = (batch, b), n
+        if best is None:
             return
-        best, held = -1, common_prefix_len(self._cache, context)
-        for b, seq in enumerate(scored.seqs):
-            n = common_prefix_len(seq, context)
-            if n > held:
-                best, held = b, n
-        if best < 0:
-            return
-        seq = scored.seqs[best]
+        batch, b = best
+        # The batches were this round's; the member now walks on from one of them.
+        self._batches = []
+        seq = batch.seqs[b]
         past = DynamicCache()
-        for idx, (k, v) in enumerate(_layer_kv(scored.past)):
+        for idx, (k, v) in enumerate(_layer_kv(batch.past)):
             if k is None or k.numel() == 0:
                 break
-            past.update(k[best : best + 1, :, : len(seq)], v[best : best + 1, :, : len(seq)], idx)
+            past.update(k[b : b + 1, :, : len(seq)], v[b : b + 1, :, : len(seq)], idx)
+        # A row at position p depends on tokens 0..p only: rows stay valid where the old cache spelled the same.
+        same = common_prefix_len(self._cache, seq)
+        for pos in [p for p in self._rows if p >= same]:
+            del self._rows[pos]
         self._past = past
         self._cache = list(seq)
-        # Rows before the shared prefix were computed on the same tokens; later ones belonged to the old cache.
-        for pos in [p for p in self._rows if p >= scored.base]:
-            del self._rows[pos]
-        self._remember(len(seq) - 1, scored.rows[best])
-        # The batch's tokens were not evaluated in whole canonical chunks.
-        self._canonical = min(self._canonical, scored.base - scored.base % _CHUNK)
+        row = batch.rows[b]
+        if row is not None:
+            self._remember(len(seq) - 1, row)
+        self._canonical = min(self._canonical, batch.canonical, same - same % _CHUNK)
+
+    def _keep_batch(self, batch: _Batch) -> None:
+        # The newest of each kind is what the next call can use; two bound the memory.
+        self._batches = [*self._batches[-1:], batch]
 
     def _hold(self, prefix: Sequence[int]) -> None:
         """Make the cache hold exactly ``prefix``, evaluating only what it does not already hold."""
@@ -699,7 +709,7 @@ class HFMember:
         if not context:
             raise PromptError(f"member {self.name!r}: empty context")
         with self._lock, torch.inference_mode():
-            self._scored = None
+            self._batches = []
             self._rows.clear()
             keep = min(common_prefix_len(self._cache, context), len(context) - 1, self._canonical)
             self._truncate(keep - keep % _CHUNK)
@@ -720,7 +730,7 @@ class HFMember:
             raise PromptError(f"member {self.name!r}: empty context")
         covered = evidence_span(n, _CHUNK)
         with self._lock, torch.inference_mode():
-            self._scored = None
+            self._batches = []
             out: list[float] = []
             start = 0
             while covered < n and start + _CHUNK < covered + 1:
@@ -749,12 +759,81 @@ class HFMember:
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock, torch.inference_mode():
             row = self._row_after(context)
-        k = max(1, min(k, row.shape[0]))
-        idx = np.argpartition(-row, k - 1)[:k]
-        # Sort by log-probability, then by id, so equal values give the same order on every run.
-        order = np.lexsort((idx, -row[idx]))
-        top = idx[order]
-        return TopK(tuple(int(t) for t in top), tuple(float(row[t]) for t in top))
+        return _top_k(row, k)
+
+    def next_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[TopK]:
+        """``next_token`` for several contexts of one length that share a prefix (an uncertain member's branches,
+        walked in lockstep): one batched forward per step instead of one per branch."""
+        with self._lock, torch.inference_mode():
+            rows = self._rows_after_all([list(c) for c in contexts])
+        return [_top_k(row, k) for row in rows]
+
+    def _rows_after_all(self, contexts: list[list[int]]) -> list[np.ndarray]:
+        n = len(contexts[0])
+        base = min(len(c) for c in contexts) - 1
+        for c in contexts[1:]:
+            base = min(base, common_prefix_len(contexts[0], c))
+        if len(contexts) < 2 or base < 1 or any(len(c) != n for c in contexts):
+            return [self._row_after(c) for c in contexts]
+        walk = self._batches[-1] if self._batches else None
+        if walk is not None and walk.base == base and walk.length == n - 1:
+            where = {tuple(seq): b for b, seq in enumerate(walk.seqs) if seq}
+            rows_of = [where.get(tuple(c[:-1])) for c in contexts]
+            if None not in rows_of:
+                return self._step_walk(walk, contexts, rows_of)  # type: ignore[arg-type]
+        return self._start_walk(contexts, base)
+
+    def _start_walk(self, contexts: list[list[int]], base: int) -> list[np.ndarray]:
+        """One forward of every context's tokens after the shared prefix, on a batch-expanded copy of it."""
+        prefix = contexts[0][:base]
+        self._adopt(prefix)
+        if common_prefix_len(self._cache, prefix) < base:
+            self._hold(prefix)
+        kv = self._prefix_kv(base)
+        width = len(contexts[0]) - base
+        ids = torch.tensor([c[base:] for c in contexts], dtype=torch.long, device=self.device)
+        wanted = [[width - 1]] * len(contexts)
+        past = _expanded(kv, len(contexts))
+        logits = self._forward(ids, past, base, self._keep_for(wanted, width))
+        self.stats.tokens_evaluated += width * len(contexts)
+        self.stats.tokens_reused += base * len(contexts)
+        rows = [torch.log_softmax(r[-1].float(), dim=-1).cpu().numpy() for r in self._rows_of(logits, wanted, width)]
+        canonical = min(self._canonical, base - base % _CHUNK)
+        self._keep_batch(_Batch(past, [list(c) for c in contexts], list(rows), base, canonical, len(contexts[0])))
+        return rows
+
+    def _step_walk(self, walk: _Batch, contexts: list[list[int]], rows_of: list[int]) -> list[np.ndarray]:
+        """One token more on every row of the walk's batch; rows no context continues get a filler and retire."""
+        pos = len(contexts[0]) - 1
+        ids = torch.zeros((len(walk.seqs), 1), dtype=torch.long, device=self.device)
+        asked = dict(zip(rows_of, contexts, strict=True))
+        for b, c in asked.items():
+            ids[b, 0] = c[-1]
+        wanted = [[0]] * len(walk.seqs)
+        logits = self._forward(ids, walk.past, pos, self._keep_for(wanted, 1))
+        walk.length += 1
+        self.stats.tokens_evaluated += len(asked)
+        self.stats.tokens_reused += pos * len(asked)
+        rows = self._rows_of(logits, wanted, 1)
+        out: dict[int, np.ndarray] = {}
+        for b in range(len(walk.seqs)):
+            if b in asked:
+                out[b] = torch.log_softmax(rows[b][-1].float(), dim=-1).cpu().numpy()
+                walk.seqs[b] = list(asked[b])
+                walk.rows[b] = out[b]
+            else:
+                walk.seqs[b] = []
+                walk.rows[b] = None
+        return [out[b] for b in rows_of]
+
+    def _prefix_kv(self, base: int) -> list[tuple[Any, Any]]:
+        """Views of every layer's keys and values for the first ``base`` cached positions."""
+        kv = []
+        for k, v in _layer_kv(self._past):
+            if k is None or k.numel() == 0:
+                break
+            kv.append((k[:, :, :base], v[:, :, :base]))
+        return kv
 
     def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
         with self._lock, torch.inference_mode():
@@ -826,11 +905,7 @@ class HFMember:
     ) -> None:
         """All candidates in right-padded batches on a batch-expanded copy of the shared prefix's cache; the
         member's own cache keeps whatever it held beyond the prefix (its own proposal, which may win)."""
-        kv = []
-        for k, v in _layer_kv(self._past):
-            if k is None or k.numel() == 0:
-                break
-            kv.append((k[:, :, :base], v[:, :, :base]))
+        kv = self._prefix_kv(base)
         per_token = sum(k.shape[1] * k.shape[3] * k.element_size() * 2 for k, _ in kv)
         batch = [r for r in range(len(suffixes)) if suffixes[r]]
         groups = list(self._groups(batch, base, suffixes, per_token))
@@ -852,7 +927,8 @@ class HFMember:
                     after.append(torch.log_softmax(rows[-1].float(), dim=-1).cpu().numpy())
             if through_last and len(groups) == 1:
                 seqs = [self._cache[:base] + suffixes[r] for r in group]
-                self._scored = _ScoredBatch(past, seqs, after, base)
+                canonical = min(self._canonical, base - base % _CHUNK)
+                self._keep_batch(_Batch(past, seqs, list(after), base, canonical, base + width))
 
     def _groups(self, batch: list[int], base: int, suffixes: list[list[int]], per_token: int) -> Iterator[list[int]]:
         """Split the batch so that its expanded cache stays under ``_BATCH_CACHE_BYTES``."""
@@ -918,6 +994,15 @@ class HFMember:
             self.close()
         except Exception:
             pass
+
+
+def _top_k(row: np.ndarray, k: int) -> TopK:
+    k = max(1, min(k, row.shape[0]))
+    idx = np.argpartition(-row, k - 1)[:k]
+    # Sort by log-probability, then by id, so equal values give the same order on every run.
+    order = np.lexsort((idx, -row[idx]))
+    top = idx[order]
+    return TopK(tuple(int(t) for t in top), tuple(float(row[t]) for t in top))
 
 
 def _layer_kv(cache: Any) -> list[tuple[Any, Any]]:

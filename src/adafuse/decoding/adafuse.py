@@ -11,7 +11,7 @@ from __future__ import annotations
 from adafuse.backends.base import Step, TopK
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
 from adafuse.decoding.parallel import map_active
-from adafuse.decoding.proposals import DraftWriter, write_draft
+from adafuse.decoding.proposals import DraftWriter, write_drafts
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.result import Proposal, Round
@@ -101,7 +101,7 @@ def propose(state: DecodeState, member: int, first: TopK, unit: Unit) -> tuple[P
     else:
         firsts = list(first.ids[: cfg.beam])
         writers = [DraftWriter(state, member, 1, None, cfg.word_token_cap, unit_tokens=unit_tokens) for _ in firsts]
-    drafts = [write_draft(state, member, Step(first, tok), w) for tok, w in zip(firsts, writers, strict=True)]
+    drafts = write_drafts(state, member, [Step(first, tok) for tok in firsts], writers)
     margins = [first.margin] + (writers[0].margins if confident else [])
     proposal = Proposal(view.name, margins, branched=not confident, candidates=[d.text for d in drafts])
     return proposal, drafts

@@ -121,6 +121,25 @@ class DraftWriter:
         return Draft(text, eos, self.member, list(self.tokens), list(self.logprobs))
 
 
+def write_drafts(state: DecodeState, member: int, firsts: list[Step], writers: list[DraftWriter]) -> list[Draft]:
+    """One draft per first token. A member that steps several contexts in one call (``next_tokens``: the
+    transformers backend) walks the branches in lockstep; others walk one branch after another, so that each
+    walk stays on the member's one cache and its numbers are exactly a single walk's (llama.cpp)."""
+    mem = state.views[member].member
+    step_all = getattr(mem, "next_tokens", None)
+    if step_all is None or len(writers) < 2:
+        return [write_draft(state, member, f, w) for f, w in zip(firsts, writers, strict=True)]
+    drafts = [w.add(f.topk, f.token) for f, w in zip(firsts, writers, strict=True)]
+    ctx = state.context(member)
+    while True:
+        walking = [j for j, d in enumerate(drafts) if d is None]
+        if not walking:
+            return [d for d in drafts if d is not None]
+        tops = step_all([ctx + writers[j].tokens for j in walking], state.config.top_k)
+        for j, top in zip(walking, tops, strict=True):
+            drafts[j] = writers[j].add(top, top.ids[0])
+
+
 def write_draft(state: DecodeState, member: int, first: Step, writer: DraftWriter) -> Draft:
     """Continue greedily from ``first`` until ``writer`` says the draft is done."""
     draft = writer.add(first.topk, first.token)
