@@ -5,9 +5,10 @@ a prefix with the cache crops it to that prefix and runs only the new tokens, so
 generation; ``prefill`` cuts prompts at fixed 64-token boundaries so that an answer never depends on what ran
 before. ``score`` runs all candidates of a round in one right-padded batch on top of their shared prefix: the
 prefix's keys and values are copied into a batch cache, so the member's own cache (usually holding its own
-proposal) is not disturbed. The batch runs each candidate to its last token and is kept until the next call: when
-the round's winner is one of its rows, the next round adopts that row instead of evaluating the committed span
-again (one forward fewer for that member). Logits are computed only at the positions a caller reads
+proposal) is not disturbed. ``next_tokens`` walks an uncertain member's branches the same way, in lockstep: one
+batched forward per step for all of them. Both batches are kept (the scoring batch runs each candidate to its last
+token): when the round's winner is one of their rows, the next round adopts that row instead of evaluating the
+committed span again. Logits are computed only at the positions a caller reads
 (``logits_to_keep``): with a 49k-262k vocabulary the output projection is most of the cost of a short suffix.
 
 GGUF files go through transformers' GGUF loader, which dequantises to dense float32 weights; that takes tens of
