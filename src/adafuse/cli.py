@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adafuse.config import COMBINER_HELP, GRANULARITY_HELP, METHODS, SHARPNESS_HELP, WEIGHTS_HELP, DecodeConfig
+from adafuse.config import (
+    COMBINER_HELP,
+    GRANULARITY_HELP,
+    METHODS,
+    N_CTX_HELP,
+    SHARPNESS_HELP,
+    WEIGHTS_HELP,
+    DecodeConfig,
+)
 from adafuse.errors import AdafuseError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adaptive ensemble decoding of LLMs.")
@@ -82,7 +90,7 @@ def generate(
     auto_sharpness: Annotated[float, typer.Option("--auto-sharpness", help=SHARPNESS_HELP)] = 20.0,
     member: Annotated[int, typer.Option(help="Member index for --method single.")] = 0,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's chat template.")] = False,
-    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context window per member.")] = 4096,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help=N_CTX_HELP)] = 4096,
     threads: Annotated[int | None, typer.Option(help="CPU threads per member.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     trace: Annotated[bool, typer.Option(help="With --json: include the per-round trace.")] = True,

@@ -21,6 +21,7 @@ WEIGHTS_HELP = (
 SHARPNESS_HELP = (
     "With --weights auto: beta in w ~ exp(-beta * NLL per byte); 0 keeps the given weights, 100 all but picks one."
 )
+N_CTX_HELP = "Longest context per member, in its tokens (llama.cpp grows the KV cache to it as requests need)."
 GRANULARITY_HELP = "Fusion unit per round: word (the paper), adaptive, token, sentence or paragraph."
 COMBINER_HELP = (
     "mean: weighted mean NLL (the paper); confidence: votes also weighted by each member's certainty; "

@@ -15,7 +15,15 @@ from typing import Annotated
 
 import typer
 
-from adafuse.config import COMBINER_HELP, GRANULARITY_HELP, METHODS, SHARPNESS_HELP, WEIGHTS_HELP, DecodeConfig
+from adafuse.config import (
+    COMBINER_HELP,
+    GRANULARITY_HELP,
+    METHODS,
+    N_CTX_HELP,
+    SHARPNESS_HELP,
+    WEIGHTS_HELP,
+    DecodeConfig,
+)
 from adafuse.errors import AdafuseError, ConfigError
 from adafuse.evaluation.tasks import TASK_NAMES, Task, custom_task, load_task
 
@@ -33,7 +41,7 @@ GranularityOpt = Annotated[str, typer.Option(help=GRANULARITY_HELP)]
 CombinerOpt = Annotated[str, typer.Option(help=COMBINER_HELP)]
 SharpnessOpt = Annotated[float, typer.Option("--auto-sharpness", help=SHARPNESS_HELP)]
 ChatOpt = Annotated[bool, typer.Option(help="Render prompts with each member's chat template.")]
-NCtxOpt = Annotated[int, typer.Option("--n-ctx", help="Context window per member.")]
+NCtxOpt = Annotated[int, typer.Option("--n-ctx", help=N_CTX_HELP)]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads per member.")]
 LenientOpt = Annotated[bool, typer.Option(help="Also report the paper's lenient (inflated) QA match.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Benchmark data folder (else $ADAFUSE_DATA).")]

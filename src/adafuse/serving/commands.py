@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from adafuse.config import METHODS
+from adafuse.config import METHODS, N_CTX_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         on_member_failure: Annotated[
             str, typer.Option("--on-member-failure", help="fail: answer 502; drop: go on without the member.")
         ] = "fail",
-        n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context window per member.")] = 4096,
+        n_ctx: Annotated[int, typer.Option("--n-ctx", help=N_CTX_HELP)] = 4096,
         threads: Annotated[int | None, typer.Option(help="CPU threads per in-process member.")] = None,
         method: Annotated[str, typer.Option(help=f"Default method: one of {', '.join(METHODS)}.")] = "adafuse",
         theta: Annotated[float, typer.Option(help="Default confidence margin.")] = 0.7,
