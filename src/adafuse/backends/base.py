@@ -54,7 +54,12 @@ class Step:
 
 @runtime_checkable
 class Member(Protocol):
-    """A model taking part in an ensemble."""
+    """A model taking part in an ensemble.
+
+    Optional beyond this protocol: ``next_tokens(contexts, k) -> list[TopK]``, ``next_token`` for several contexts
+    of one length that share a prefix in one call; a member that has it walks an uncertain round's branches in
+    lockstep (``decoding.proposals.write_drafts``).
+    """
 
     name: str
     n_ctx: int
