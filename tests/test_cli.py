@@ -75,9 +75,9 @@ def test_empty_prompt():
 
 @pytest.mark.models
 def test_prompt_longer_than_a_members_context():
-    # llama.cpp rounds small windows up (to 256), and the message reports the real window.
+    # The window is the one asked for, even where llama.cpp would round a small context up (to 256).
     proc = adafuse("generate", "word " * 200, "--models", "smollm2-135m", "--n-ctx", "128")
-    assert_one_line_error(proc, "smollm2-135m", "the prompt is 201 tokens", "context window is 256")
+    assert_one_line_error(proc, "smollm2-135m", "the prompt is 201 tokens", "context window is 128")
 
 
 @pytest.mark.parametrize(
