@@ -22,6 +22,7 @@ long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 10
 
 # Beyond the paper (docs/RESULTS.md, "Granularity, combiner and weights").
 options="adafuse@granularity=adaptive,adafuse@combiner=confidence,adafuse@combiner=vote,adafuse@normalise=word"
+options="$options,adafuse@normalise=char"
 options="$options,adafuse@weights=auto,adafuse@weights=auto,auto_sharpness=100"
 options="$options,adafuse@weights=auto,auto_evidence=prompt"
 if [[ "$part" == options || -n "${WITH_OPTIONS:-}" ]]; then
