@@ -13,16 +13,22 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adafuse.config import (
-    COMBINER_HELP,
-    GRANULARITY_HELP,
-    METHODS,
-    N_CTX_HELP,
-    SHARPNESS_HELP,
-    WEIGHTS_HELP,
-    DecodeConfig,
-)
+from adafuse.config import METHODS
 from adafuse.errors import AdafuseError
+from adafuse.evaluation.commands import (
+    BeamOpt,
+    CombinerOpt,
+    GranularityOpt,
+    MaxWordsOpt,
+    ModelsOpt,
+    NCtxOpt,
+    SharpnessOpt,
+    ThetaOpt,
+    ThreadsOpt,
+    WeightsOpt,
+    decoding_options,
+    register,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adaptive ensemble decoding of LLMs.")
 err = Console(stderr=True, highlight=False)
@@ -76,22 +82,22 @@ def parse_weights(weights: str | None, specs: list[str] | None = None) -> tuple[
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt; backslash escapes such as \\n are read.")],
-    models: Annotated[str | None, typer.Option(help="Comma-separated model specs; default: the built-ins.")] = None,
+    models: ModelsOpt = None,
     method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = "adafuse",
-    theta: Annotated[float, typer.Option(help="Margin a member needs to count as confident.")] = 0.7,
-    max_words: Annotated[int, typer.Option("--max-words", help="Longest span in words per round.")] = 3,
-    beam: Annotated[int, typer.Option(help="First tokens an uncertain member branches on (B).")] = 3,
+    theta: ThetaOpt = 0.7,
+    max_words: MaxWordsOpt = 3,
+    beam: BeamOpt = 3,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     boxed: Annotated[bool, typer.Option(help="Stop once a \\boxed{...} answer is complete.")] = False,
-    weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
-    granularity: Annotated[str, typer.Option(help=GRANULARITY_HELP)] = "word",
-    combiner: Annotated[str, typer.Option(help=COMBINER_HELP)] = "mean",
-    auto_sharpness: Annotated[float, typer.Option("--auto-sharpness", help=SHARPNESS_HELP)] = 20.0,
+    weights: WeightsOpt = None,
+    granularity: GranularityOpt = "word",
+    combiner: CombinerOpt = "mean",
+    auto_sharpness: SharpnessOpt = 20.0,
     member: Annotated[int, typer.Option(help="Member index for --method single.")] = 0,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's chat template.")] = False,
-    n_ctx: Annotated[int, typer.Option("--n-ctx", help=N_CTX_HELP)] = 4096,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per member.")] = None,
+    n_ctx: NCtxOpt = 4096,
+    threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     trace: Annotated[bool, typer.Option(help="With --json: include the per-round trace.")] = True,
 ) -> None:
@@ -100,18 +106,19 @@ def generate(
         from adafuse.backends import DEFAULT_ENSEMBLE
 
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
-        config = DecodeConfig(
+        config = decoding_options(
+            theta,
+            max_words,
+            beam,
+            weights,
+            granularity,
+            combiner,
+            auto_sharpness,
+            specs,
             method=method,
-            theta=theta,
-            max_words=max_words,
-            beam=beam,
             max_new_tokens=max_new_tokens,
             stop=tuple(unescape(s) for s in stop or ()),
             stop_at_boxed=boxed,
-            weights=parse_weights(weights, specs),
-            granularity=granularity,
-            combiner=combiner,
-            auto_sharpness=auto_sharpness,
             single_member=member,
         )
         text = unescape(prompt)
@@ -154,8 +161,6 @@ def models() -> None:
         default = " (default)" if name in DEFAULT_ENSEMBLE else ""
         out.print(json.dumps({"name": name, "model": model.description, "status": status}) + default, markup=False)
 
-
-from adafuse.evaluation.commands import register  # noqa: E402
 
 register(app)
 

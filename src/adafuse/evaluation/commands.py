@@ -1,6 +1,7 @@
 """The ``eval`` and ``compare`` commands: option parsing around :mod:`runner` and :mod:`compare`.
 
-Kept out of ``adafuse.cli`` so the evaluation code has one owner; ``cli.py`` calls :func:`register`. The CLI
+Kept out of ``adafuse.cli`` so the evaluation code has one owner; ``cli.py`` calls :func:`register`, and builds
+``generate`` from the same option types and :func:`decoding_options`. The CLI
 helpers (``fail``, ``parse_models``, ``parse_weights``) are imported inside the commands, because ``cli``
 imports this module while it is itself still being imported.
 """
@@ -11,7 +12,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -60,8 +61,10 @@ def decoding_options(
     combiner: str,
     auto_sharpness: float,
     specs: list[str],
+    **fields: Any,
 ) -> DecodeConfig:
-    """The decoding options ``eval`` and ``compare`` share, read from their command lines."""
+    """The decoding options ``generate``, ``eval`` and ``compare`` share, read from their command lines
+    (``fields``: the rest of the config, for ``generate``)."""
     from adafuse.cli import parse_weights
 
     return DecodeConfig(
@@ -72,6 +75,7 @@ def decoding_options(
         granularity=granularity,
         combiner=combiner,
         auto_sharpness=auto_sharpness,
+        **fields,
     )
 
 
