@@ -4,7 +4,7 @@ determinism and the prefix cache."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -173,6 +173,25 @@ def test_vote_combiner_on_the_real_models(zoo_members, trivia_prompt):
         # The votes are shares of one: the combined scores are -log of numbers that sum to one over a round.
         assert sum(np.exp(-c.combined) for c in rnd.candidates) == pytest.approx(1.0)
         assert rnd.chosen == int(np.argmin([c.combined for c in rnd.candidates]))
+
+
+def test_auto_weights_depend_on_the_worked_answers_only_and_are_read_once(zoo_members, shared_data):
+    # Two questions of very different lengths after the same worked answers: the same weights (an earlier rule
+    # read whole 64-token blocks only, so the question's length decided which answers counted), and the second
+    # request costs exactly what it costs with those weights given: its evidence read is remembered.
+    fewshot = (shared_data / "triviaqa" / "prompt.txt").read_text().strip()
+    short = fewshot + "\n\nQuestion: Who wrote Hamlet?\nAnswer:"
+    long = fewshot + "\n\nQuestion: " + "Which river, " * 30 + "flows through Paris?\nAnswer:"
+    ens = Ensemble(zoo_members)
+    cfg = DecodeConfig(weights="auto", max_new_tokens=6, stop=("\n",))
+    a, b = ens.generate(short, cfg), ens.generate(long, cfg)
+    assert a.telemetry.evidence == b.telemetry.evidence == "answers"
+    assert a.telemetry.prompt_nll == b.telemetry.prompt_nll
+    assert a.telemetry.weights == b.telemetry.weights
+    given = replace(cfg, weights=tuple(b.telemetry.weights[m.name] for m in zoo_members))
+    c, d = ens.generate(short, given), ens.generate(long, given)
+    assert (c.text, d.text) == (a.text, b.text)
+    assert [m.tokens_evaluated for m in d.telemetry.members] == [m.tokens_evaluated for m in b.telemetry.members]
 
 
 def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivia_prompt):

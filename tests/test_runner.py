@@ -348,6 +348,17 @@ def test_automatic_weights_recorded_before_auto_evidence_existed_measured_the_wh
         assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
 
 
+def test_automatic_weights_recorded_before_evidence_read_every_worked_answer_are_not_mixed(tmp_path, task, zoo):
+    out = tmp_path / "run"
+    run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, limit=1, progress=False)
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["identity"]["evidence_read"].startswith("every token up to the last worked answer")
+    del manifest["identity"]["evidence_read"]  # as a run of the rule that read whole 64-token blocks
+    (out / "run.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="evidence_read: None now 'every token"):
+        run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, progress=False)
+
+
 def test_refuses_when_the_prompt_or_the_data_changed(tmp_path, task, zoo):
     out = tmp_path / "run"
     run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=2, progress=False)

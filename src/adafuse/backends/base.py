@@ -97,9 +97,10 @@ class Member(Protocol):
         ...
 
     def evidence(self, context: Sequence[int]) -> list[float] | None:
-        """The member's likelihood of its own prompt, for automatic weights: ``log P(context[t] | context[:t])``
-        for t = 1 .. covered - 1, over the first ``covered`` tokens (``evidence_span``); None when the backend
-        cannot compute it cheaply."""
+        """The member's likelihood of a text, for automatic weights: ``log P(context[t] | context[:t])`` for
+        every t = 1 .. len(context) - 1. ``context`` is a prompt or its leading part (up to its last worked
+        answer); backends remember what they read, so a few-shot part shared by many requests is read once.
+        The numbers must not depend on what the member ran before. None when the backend cannot compute them."""
         ...
 
     def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
@@ -143,14 +144,6 @@ def greedy_by_steps(
         if member.is_eog(tok) or (until is not None and until([s.token for s in steps])):
             break
     return steps
-
-
-def evidence_span(n_tokens: int, chunk: int) -> int:
-    """How many leading prompt tokens the evidence covers: whole ``chunk``-token blocks before the last one, so the
-    shared few-shot part of a prompt is scored once and the question-specific tail costs nothing; a prompt within
-    one block counts whole."""
-    covered = ((n_tokens - 1) // chunk) * chunk
-    return covered if covered >= chunk else n_tokens
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

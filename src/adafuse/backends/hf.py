@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, evidence_span, greedy_by_steps
+from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
 from adafuse.backends.zoo import ZOO, cache_dir, zoo_path
 from adafuse.errors import ConfigError, MemberError, ModelLoadError, ModelNotFoundError, PromptError
 
@@ -49,6 +49,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 HF_EXTRA = "pip install 'adafuse[hf]'"
 _ROWS_KEPT = 16
+# Finished evidence reads remembered per member: one per few-shot prompt in use is all a task needs.
+_EVIDENCE_KEPT = 32
 # Forwards are cut at multiples of this many positions. CPU matrix kernels sum in an order that depends on how
 # many rows they get (MKL: 1, 2-15 and 16+ rows give different last bits, measured), so a token's numbers depend on
 # the forward it was evaluated in; cutting a prompt always the same way, and reusing only whole chunks computed
@@ -427,6 +429,8 @@ class HFMember:
         self._canonical = 0
         # ``evidence`` of whole chunks, by the prompt prefix they end at: a shared few-shot prefix is scored once.
         self._chunk_evidence: OrderedDict[int, list[float]] = OrderedDict()
+        # Finished ``evidence`` reads by their context.
+        self._read_evidence: OrderedDict[int, list[float]] = OrderedDict()
         # Batch caches of the last scoring and branch walk; a request's own, dropped by the next ``prefill``.
         self._batches: list[_Batch] = []
         self._lock = threading.Lock()
@@ -721,41 +725,47 @@ class HFMember:
             self._remember(len(context) - 1, row)
 
     def evidence(self, context: Sequence[int]) -> list[float] | None:
-        """log P(token | tokens before) for ``context[1:covered]``; see ``Member.evidence``.
+        """log P(context[t] | context[:t]) for every t >= 1; see ``Member.evidence``.
 
-        Chunk j's rows predict tokens 64j+1 .. 64j+64. Only whole chunks count (a short prompt counts whole), and
-        their rows are remembered by the prefix they cover, so the shared few-shot part is scored once.
+        Chunk j's rows predict tokens 64j+1 .. 64j+64. A whole chunk's are remembered by the prefix they cover
+        (the same whatever ran before), so a later read that shares them skips them; a trailing part chunk is
+        encoded afresh on the canonical chunks before it. Whole reads are remembered by their context.
         """
         n = len(context)
         if n == 0:
             raise PromptError(f"member {self.name!r}: empty context")
-        covered = evidence_span(n, _CHUNK)
+        key = hash(tuple(context))
         with self._lock, torch.inference_mode():
+            if key in self._read_evidence:
+                self._read_evidence.move_to_end(key)
+                return list(self._read_evidence[key])
             self._batches = []
             out: list[float] = []
             start = 0
-            while covered < n and start + _CHUNK < covered + 1:
-                key = hash(tuple(context[: start + _CHUNK + 1]))
-                if key not in self._chunk_evidence:
-                    break
-                out.extend(self._chunk_evidence[key])
+            while start + _CHUNK < n and (hit := self._chunk_evidence.get(hash(tuple(context[: start + _CHUNK + 1])))):
+                out.extend(hit)
                 start += _CHUNK
-            if start + 1 >= covered:
-                return out
-            self._hold(list(context[:start]))
-            for lo in range(start, covered, _CHUNK):
-                logits = self._extend_chunk(list(context[lo : lo + _CHUNK]), lo, None)
-                targets = list(context[lo + 1 : min(lo + _CHUNK + 1, covered)])
-                rows = torch.log_softmax(logits[0, : len(targets)].float(), dim=-1)
-                part = rows[torch.arange(len(targets)), torch.tensor(targets)].tolist()
-                out.extend(part)
-                if covered < n:
-                    self._chunk_evidence[hash(tuple(context[: lo + _CHUNK + 1]))] = part
-                    while len(self._chunk_evidence) > 4096:
-                        self._chunk_evidence.popitem(last=False)
-            # The cache may end inside the prompt now: the next read re-extends it from there, chunk-aligned.
-            self._rows.clear()
-            return out
+            if start + 1 < n:
+                # Only canonical chunks may stand under the rows read here, as under ``prefill``'s.
+                keep = min(common_prefix_len(self._cache, context[:start]), self._canonical)
+                self._truncate(keep - keep % _CHUNK)
+                self._hold(list(context[:start]))
+                for lo in range(start, n, _CHUNK):
+                    logits = self._extend_chunk(list(context[lo : lo + _CHUNK]), lo, None)
+                    targets = list(context[lo + 1 : min(lo + _CHUNK + 1, n)])
+                    rows = torch.log_softmax(logits[0, : len(targets)].float(), dim=-1)
+                    part = rows[torch.arange(len(targets)), torch.tensor(targets)].tolist()
+                    out.extend(part)
+                    if len(targets) == _CHUNK:
+                        self._chunk_evidence[hash(tuple(context[: lo + _CHUNK + 1]))] = part
+                        while len(self._chunk_evidence) > 4096:
+                            self._chunk_evidence.popitem(last=False)
+                # The cache may end inside the prompt now: the next read re-extends it from there, chunk-aligned.
+                self._rows.clear()
+            self._read_evidence[key] = out
+            while len(self._read_evidence) > _EVIDENCE_KEPT:
+                self._read_evidence.popitem(last=False)
+            return list(out)
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         with self._lock, torch.inference_mode():

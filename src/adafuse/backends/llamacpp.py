@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, evidence_span, greedy_by_steps
+from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
 from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError, PromptError
 
 try:
@@ -29,6 +29,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 _init_lock = threading.Lock()
 _initialised = False
 _ROWS_KEPT = 16
+# Finished evidence reads remembered per member: one per few-shot prompt in use is all a task needs.
+_EVIDENCE_KEPT = 32
 # Prompts are decoded in chunks whose boundaries sit at fixed positions. llama.cpp's numbers for a token depend
 # on the batch it was decoded in, so a prompt must always be cut the same way, whatever ran before, for the same
 # request to give the same answer byte for byte (see ``prefill``).
@@ -134,6 +136,8 @@ class LlamaCppMember:
         self._cache: list[int] = []
         # log P(cache[i] | cache[:i]) where a prompt was decoded with every row kept (``evidence``), else NaN.
         self._lp: list[float] = []
+        # Finished evidence reads by their context (``evidence``).
+        self._evidence: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
         self._rows: OrderedDict[int, tuple[np.ndarray, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
@@ -309,34 +313,37 @@ class LlamaCppMember:
             self._decode(list(context[keep:]), keep)
 
     def evidence(self, context: Sequence[int]) -> list[float] | None:
-        """log P(token | tokens before) for ``context[1:covered]``; see ``Member.evidence``.
+        """log P(context[t] | context[:t]) for every t >= 1; see ``Member.evidence``.
 
-        Only whole prompt chunks count (a short prompt counts whole): their rows are the same whatever ran
-        before, and the few-shot part they hold is decoded with every row kept once, then remembered with the
-        cache, so a request that shares it costs nothing more. Positions not yet known are decoded again from a
-        chunk boundary, in the same chunks as ``prefill``: the cache ends up holding what it held.
+        The context is decoded in the chunks ``prefill`` uses, with every row kept. Rows of whole chunks are the
+        same whatever ran before, so they are remembered with the cache (``_lp``) and reused by a later read that
+        shares them; a trailing part chunk is decoded afresh each time (its numbers depend on where it ends).
+        Whole reads are remembered by their context: a task's few-shot part is read once.
         """
         n = len(context)
-        covered = evidence_span(n, _CHUNK)
+        if n == 0:
+            raise PromptError(f"member {self.name!r}: empty context")
+        key = tuple(context)
         with self._lock:
+            if key in self._evidence:
+                self._evidence.move_to_end(key)
+                return list(self._evidence[key])
             held = common_prefix_len(self._cache, context)
-            if covered == n:
-                unknown = 1  # a prompt within one chunk is walked whole every time, as a fresh member would
-            else:
-                unknown = next((i for i in range(1, covered) if i >= held or math.isnan(self._lp[i])), covered)
-            if unknown < covered:
-                # The first unknown token needs the row before it: start a chunk earlier if it opens a chunk.
-                start = unknown - unknown % _CHUNK
-                if start == unknown:
-                    start = max(0, start - _CHUNK)
-                first = self._lp[start] if start > 0 else 0.0  # known: every position before ``unknown`` is
+            start = min(held, n) - min(held, n) % _CHUNK
+            start = next((i - i % _CHUNK for i in range(1, min(start + 1, held)) if math.isnan(self._lp[i])), start)
+            if start < n:
+                # The first re-read token's log-probability comes from the row before it: known, or read again.
+                while start > 0 and (start >= held or math.isnan(self._lp[start])):
+                    start -= _CHUNK
+                first = self._lp[start] if start > 0 else 0.0
                 self._truncate(start)
                 self._rows.clear()
-                self._decode_keeping_rows(list(context[start:covered]), start, first)
-                if covered < n:
-                    # The question-specific tail needs no rows but the last: decoded as ``prefill`` does.
-                    self._decode(list(context[covered:]), covered)
-            return [float(x) for x in self._lp[1:covered]]
+                self._decode_keeping_rows(list(context[start:]), start, first)
+            out = [float(x) for x in self._lp[1:n]]
+            self._evidence[key] = out
+            while len(self._evidence) > _EVIDENCE_KEPT:
+                self._evidence.popitem(last=False)
+            return list(out)
 
     def _decode_keeping_rows(self, tokens: list[int], start: int, first: float) -> None:
         """``_decode`` for a prompt, with the log-probability of every token it holds kept in ``_lp``.

@@ -18,9 +18,12 @@ What is scored (``auto_evidence``):
   answer (a zero-shot instruction) falls back to ``prompt``.
 * ``prompt``: every token of the prompt.
 
-Only the prompt's whole 64-token blocks are scored (``evidence_span``): the shared few-shot part is read once per
-member and cached with the prompt, so a request pays nothing for it after the first. Every member is judged on
-the same worked answers: those that lie inside every member's scored blocks.
+Each member reads the prompt up to the end of its last worked answer (``answer_tokens``), every token of it:
+the weights are a function of the worked examples alone, the same for every question asked after them, and a
+member's backend remembers the read, so a task's few-shot part is scored once per member, not once per request.
+(An earlier rule read only whole 64-token blocks, so whether the last worked answer counted depended on the length
+of the question after it: on TriviaQA the trusted member flipped between Gemma and Qwen-Coder from one question to
+the next.)
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
 
 Span = tuple[int, int]
+#: What a read covers, recorded with every evaluation run that uses automatic weights (``evaluation/runner.py``).
+EVIDENCE_READ = "every token up to the last worked answer (else of the whole prompt)"
 
 
 def answer_spans(prompt: str) -> list[Span]:
@@ -57,24 +62,23 @@ def answer_spans(prompt: str) -> list[Span]:
 
 
 @dataclass(frozen=True)
-class _Read:
-    """One member's evidence: the log-probability and byte range of every scored prompt token."""
+class _Tokens:
+    """A member's prompt tokens with the byte range each covers, and the worked answers' byte ranges (empty when
+    the tokens do not spell the prompt byte for byte: a tokenizer that adds text of its own shifts the offsets)."""
 
-    logprobs: list[float]
+    ids: list[int]
     ranges: list[Span]
     spans: list[Span]
 
-    @property
-    def covered_bytes(self) -> int:
-        return self.ranges[-1][1] if self.ranges else 0
+    def answer_tokens(self) -> int:
+        """How many leading tokens hold every worked answer: the least that reaches the last answer's end."""
+        end = self.spans[-1][1]
+        return next(i + 1 for i, (_, hi) in enumerate(self.ranges) if hi >= end)
 
-    def complete_spans(self) -> int:
-        """How many worked answers (in order) lie wholly inside the scored blocks."""
-        return sum(1 for _, end in self.spans if end <= self.covered_bytes)
-
-    def nll_per_byte(self, spans: Sequence[Span] | None) -> float:
+    def nll_per_byte(self, logprobs: Sequence[float], spans: Sequence[Span] | None) -> float:
+        """Nats per byte over the tokens after the first that overlap ``spans`` (all of them if None)."""
         total, scored = 0.0, 0
-        for lp, (lo, hi) in zip(self.logprobs, self.ranges, strict=True):
+        for lp, (lo, hi) in zip(logprobs, self.ranges[1:], strict=False):
             if hi == lo or (spans is not None and not any(lo < e and hi > s for s, e in spans)):
                 continue
             total -= lp
@@ -82,34 +86,39 @@ class _Read:
         return total / max(1, scored)
 
 
-def _read(state: DecodeState, member: int) -> _Read | None:
+def _tokens(state: DecodeState, member: int) -> _Tokens:
     view = state.views[member]
     ids = view.ids("")
-    logprobs = view.member.evidence(ids)
-    if logprobs is None:
-        return None
-    pieces = [view.member.token_bytes(t) for t in ids]
     ranges: list[Span] = []
-    at = len(pieces[0]) if pieces else 0
-    for piece in pieces[1 : len(logprobs) + 1]:
+    at = 0
+    for t in ids:
+        piece = view.member.token_bytes(t)
         ranges.append((at, at + len(piece)))
         at += len(piece)
-    # A tokenizer that adds text of its own (a marker, a leading space) shifts the byte offsets: no answers then.
-    aligned = b"".join(pieces) == view.prompt.encode("utf-8")
-    return _Read(logprobs, ranges, answer_spans(view.prompt) if aligned else [])
+    aligned = b"".join(view.member.token_bytes(t) for t in ids) == view.prompt.encode("utf-8")
+    return _Tokens(ids, ranges, answer_spans(view.prompt) if aligned else [])
 
 
 def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | None:
     """Each active member's evidence NLL per byte, and which text it was measured on ("answers" or "prompt");
     None if a member cannot tell."""
-    found = map_active(state, lambda i: _read(state, i))
-    if any(r is None for r in found):
+    toks = {i: _tokens(state, i) for i in state.active}
+    # Every member is judged on the same text: the answers, when every member's tokens locate them.
+    scored = "answers" if state.config.auto_evidence == "answers" and all(t.spans for t in toks.values()) else "prompt"
+
+    def read(i: int) -> list[float] | None:
+        t = toks[i]
+        upto = t.answer_tokens() if scored == "answers" else len(t.ids)
+        return state.views[i].member.evidence(t.ids[:upto])
+
+    found = dict(zip(state.active, map_active(state, read), strict=True))
+    if any(lp is None for lp in found.values()):
         return None
-    reads = {i: r for i, r in zip(state.active, found, strict=True) if r is not None}
-    shared = min(r.complete_spans() for r in reads.values())
-    if state.config.auto_evidence == "answers" and shared > 0:
-        return {i: r.nll_per_byte(r.spans[:shared]) for i, r in reads.items()}, "answers"
-    return {i: r.nll_per_byte(None) for i, r in reads.items()}, "prompt"
+    return {
+        i: toks[i].nll_per_byte(lp, toks[i].spans if scored == "answers" else None)
+        for i, lp in found.items()
+        if lp is not None
+    }, scored
 
 
 def evidence_weights(base: Sequence[float], nll: dict[int, float], sharpness: float) -> tuple[float, ...]:

@@ -27,8 +27,9 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     start = time.perf_counter()
     before = {v.name: v.member.stats.snapshot() for v in state.views}
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
-    map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))
+    # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill then completes.
     evidence = apply_auto_weights(state) if cfg.weights == "auto" and state.config.method != "single" else None
+    map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))
     rounds = state.rounds
     finish = ""
     while not finish:

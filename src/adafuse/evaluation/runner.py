@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from adafuse.config import DecodeConfig
+from adafuse.decoding.evidence import EVIDENCE_READ
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError, DataError
 from adafuse.evaluation.tasks import Item, Task
@@ -231,6 +232,9 @@ def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: 
         "config": cfg,
         "chat": chat,
     }
+    if config.weights == "auto" and config.method != "single":
+        # What the evidence covers changed once with no option to name it: older runs are not mixed with newer.
+        identity["evidence_read"] = EVIDENCE_READ
     # Through JSON once, so tuples and lists compare equal to what is read back from run.json.
     return json.loads(json.dumps(identity))
 
