@@ -146,6 +146,28 @@ def test_an_answer_does_not_depend_on_what_ran_before(zoo_members, shared_data):
     assert alone.text == after_other.text
 
 
+def test_a_conversations_next_turn_gets_the_numbers_a_fresh_member_gets():
+    """The next turn's prompt holds the last turn's prompt and answer; the answer was decoded one token at a
+    time, which gives other numbers than the chunks a fresh member decodes a prompt in, so it is not reused."""
+    from adafuse.backends import load_member
+
+    used, fresh = (load_member("smollm2-135m", n_ctx=1024, n_threads=2) for _ in range(2))
+    try:
+        turn = used.tokenize("The history of the British monarchy is long and full of surprises. " * 8)[:100]
+        used.prefill(turn)
+        said = [s.token for s in used.greedy(turn, 48, 1, until=lambda toks: False)]
+        assert len(turn) + len(said) > 128  # the answer fills a chunk the next prompt would reuse
+        following = turn + said + used.tokenize(" Tell me more about the queens.", bos=False)
+        rows = []
+        for m in (used, fresh):
+            m.prefill(following)
+            rows.append(m.logprobs_of(following, list(range(m.n_vocab))))
+        assert rows[0] == rows[1]  # bit for bit
+    finally:
+        used.close()
+        fresh.close()
+
+
 def test_chat_prompts_use_each_members_own_template_or_the_plain_layout(zoo_members):
     ens = Ensemble(zoo_members)
     rendered = dict(zip(ens.names, ens.prompts("Name a colour.", chat=True), strict=True))

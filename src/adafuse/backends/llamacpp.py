@@ -136,6 +136,10 @@ class LlamaCppMember:
         self._cache: list[int] = []
         # log P(cache[i] | cache[:i]) where a prompt was decoded with every row kept (``evidence``), else NaN.
         self._lp: list[float] = []
+        # How many leading cached tokens were decoded in whole, aligned chunks on such chunks: the only part a
+        # later request may reuse, since a fresh member decodes a prompt that way (tokens decoded one by one, as
+        # a generation is, give other numbers, so a conversation's next turn must not reuse them).
+        self._canonical = 0
         # Finished evidence reads by their context (``evidence``).
         self._evidence: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
         self._rows: OrderedDict[int, tuple[np.ndarray, float]] = OrderedDict()
@@ -255,18 +259,22 @@ class LlamaCppMember:
         if rc != 0:
             self._reset()
             raise MemberError(self.name, f"llama_decode failed with code {rc}")
+        if pos == self._canonical and len(chunk) == _CHUNK:
+            self._canonical += _CHUNK
 
     def _reset(self) -> None:
         llama_cpp.llama_memory_clear(self._mem, True)
         self._cache.clear()
         self._lp.clear()
         self._rows.clear()
+        self._canonical = 0
 
     def _truncate(self, n: int) -> None:
         if n < len(self._cache):
             llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
             del self._cache[n:]
             del self._lp[n:]
+            self._canonical = min(self._canonical, n - n % _CHUNK)
             # A row at position p depends on tokens 0..p only.
             for pos in [p for p in self._rows if p >= n]:
                 del self._rows[pos]
@@ -298,7 +306,7 @@ class LlamaCppMember:
     # -- primitives --------------------------------------------------------------------------------------------
 
     def prefill(self, context: Sequence[int]) -> None:
-        """Start of a request: reuse only whole chunks of a cached prefix, so nothing depends on history.
+        """Start of a request: reuse only whole canonical chunks of a cached prefix, so nothing depends on history.
 
         A shared few-shot prompt is still decoded once; the rest of the prompt is decoded from the last chunk
         boundary, exactly as it would be on a fresh member.
@@ -306,7 +314,7 @@ class LlamaCppMember:
         with self._lock:
             self._rows.clear()
             n = len(context)
-            keep = min(common_prefix_len(self._cache, context), n - 1)
+            keep = min(common_prefix_len(self._cache, context), n - 1, self._canonical)
             keep -= keep % _CHUNK
             self._truncate(keep)
             self.stats.tokens_reused += keep
@@ -329,7 +337,8 @@ class LlamaCppMember:
                 self._evidence.move_to_end(key)
                 return list(self._evidence[key])
             held = common_prefix_len(self._cache, context)
-            start = min(held, n) - min(held, n) % _CHUNK
+            start = min(held, n, self._canonical)
+            start -= start % _CHUNK
             start = next((i - i % _CHUNK for i in range(1, min(start + 1, held)) if math.isnan(self._lp[i])), start)
             if start < n:
                 # The first re-read token's log-probability comes from the row before it: known, or read again.
