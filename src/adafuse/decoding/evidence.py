@@ -89,13 +89,13 @@ class _Tokens:
 def _tokens(state: DecodeState, member: int) -> _Tokens:
     view = state.views[member]
     ids = view.ids("")
+    pieces = [view.member.token_bytes(t) for t in ids]
     ranges: list[Span] = []
     at = 0
-    for t in ids:
-        piece = view.member.token_bytes(t)
+    for piece in pieces:
         ranges.append((at, at + len(piece)))
         at += len(piece)
-    aligned = b"".join(view.member.token_bytes(t) for t in ids) == view.prompt.encode("utf-8")
+    aligned = b"".join(pieces) == view.prompt.encode("utf-8")
     return _Tokens(ids, ranges, answer_spans(view.prompt) if aligned else [])
 
 
