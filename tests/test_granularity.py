@@ -278,6 +278,25 @@ def test_auto_weights_judge_members_on_the_worked_answers_only():
         DecodeConfig(auto_evidence="questions")
 
 
+def test_evidence_is_per_byte_of_the_answers_whatever_the_tokens_around_them():
+    # "A: Rome.\n\nQ:" read by two tokenizers that give the answer " Rome." the same probability; one has a
+    # token ".\n\n" that runs two easy bytes past the answer. Per byte of the tokens it would look better.
+    from adafuse.decoding.evidence import _Tokens
+
+    text = b"A: Rome.\n\nQ:"
+    answer = [(text.index(b" Rome"), text.index(b"\n"))]
+
+    def tokens(cuts: list[int]) -> _Tokens:
+        edges = [0, *cuts, len(text)]
+        return _Tokens(list(range(len(edges) - 1)), list(zip(edges, edges[1:], strict=False)), answer)
+
+    separate = tokens([2, 7, 8, 10])  # "A:", " Rome", ".", "\n\n", "Q:"
+    merged = tokens([2, 7, 10])  # "A:", " Rome", ".\n\n", "Q:"
+    a = separate.nll_per_byte([-2.0, -0.5, -0.01, -9.0], answer)  # tokens after the first
+    b = merged.nll_per_byte([-2.0, -0.51, -9.0], answer)
+    assert a == pytest.approx(2.5 / 6) and b == pytest.approx(2.51 / 6)
+
+
 # -- word normalisation -----------------------------------------------------------------------------------------
 
 NAMES = [" Pierre", " de", " Coubertin", " Jacques", "-Henri", "\n"]
