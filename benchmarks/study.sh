@@ -24,7 +24,7 @@ long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 10
 options="adafuse@granularity=adaptive,adafuse@combiner=confidence,adafuse@combiner=vote,adafuse@normalise=word"
 options="$options,adafuse@normalise=char"
 options="$options,adafuse@weights=auto,adafuse@weights=auto,auto_sharpness=100"
-options="$options,adafuse@weights=auto,auto_evidence=prompt"
+options="$options,adafuse@weights=auto,auto_sharpness=100,normalise=char"
 if [[ "$part" == options || -n "${WITH_OPTIONS:-}" ]]; then
   methods="$methods,$options"
   long_methods="$long_methods,$options"
@@ -53,6 +53,7 @@ fi
 if [[ "$part" == extended || "$part" == all ]]; then
   # Flores and GSM8K again at larger sizes (the runs above are reused, only the new rows are decoded).
   ext="single:0,single:1,single:2,adafuse,span,sample,adafuse@weights=auto,auto_sharpness=100"
+  ext="$ext,adafuse@weights=auto,auto_sharpness=100,normalise=char"
   for spec in "flores-en-de 100 ${N_FLORES_EXT:-20}" "flores-de-en 100 ${N_FLORES_EXT:-20}" "gsm8k 50 ${N_GSM8K_EXT:-10}"; do
     set -- $spec
     adafuse compare "${base[@]}" --task "$1" --methods "$ext" --offset "$2" --limit "$3" --out "$out/$1"
