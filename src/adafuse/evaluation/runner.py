@@ -233,7 +233,8 @@ def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: 
         "chat": chat,
     }
     if config.weights == "auto" and config.method != "single":
-        # What the evidence covers changed once with no option to name it: older runs are not mixed with newer.
+        # What the evidence measures has changed without an option to name it; the rule is recorded, so runs of
+        # an older rule are not mixed with newer ones.
         identity["evidence_read"] = EVIDENCE_READ
     # Through JSON once, so tuples and lists compare equal to what is read back from run.json.
     return json.loads(json.dumps(identity))
