@@ -4,20 +4,31 @@ Usage: python benchmarks/paired_bootstrap.py STUDY_DIR A B [--sizes triviaqa=50,
 
 Reads STUDY_DIR/<task>/<label>/predictions.jsonl (the runs `adafuse compare` writes) for the two labels, keeps the
 items both have (the first N by index when --sizes gives N), and resamples each task's items with replacement, the
-same draw for both methods: the QA tasks and GSM8K score the mean of `correct`, Flores the corpus BLEU of the
-drawn sentences. Prints the observed difference of the six-task averages and its 95% interval.
+same draw for both methods (`adafuse.evaluation.compare.bootstrap_values`, one seed per task): EM for the QA tasks,
+numeric match for GSM8K, corpus BLEU for Flores. Prints the observed difference of the six-task averages and its
+95% interval.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
+import numpy as np
+
+from adafuse.evaluation.compare import bootstrap_values, item_scores
 from adafuse.evaluation.metrics import corpus_bleu
 
-TASKS = ("triviaqa", "nq", "squad", "gsm8k", "flores-en-de", "flores-de-en")
+#: task -> (kind, primary metric), as the study reports them.
+TASKS = {
+    "triviaqa": ("qa", "em"),
+    "nq": ("qa", "em"),
+    "squad": ("qa", "em"),
+    "gsm8k": ("math", "accuracy"),
+    "flores-en-de": ("translation", "bleu"),
+    "flores-de-en": ("translation", "bleu"),
+}
 STUDY_SIZES = "triviaqa=50,nq=30,squad=15,gsm8k=4,flores-en-de=6,flores-de-en=6"
 
 
@@ -28,12 +39,6 @@ def load(path: Path) -> dict[int, dict]:
             row = json.loads(line)
             rows[row["index"]] = row
     return rows
-
-
-def score(task: str, rows: list[dict]) -> float:
-    if task.startswith("flores"):
-        return corpus_bleu([r["prediction"] for r in rows], [r["gold"] for r in rows])
-    return 100.0 * sum(float(r["correct"]) for r in rows) / len(rows)
 
 
 def main() -> None:
@@ -54,24 +59,30 @@ def main() -> None:
             raise SystemExit(f"{task}: only {len(common)} items in both runs, {sizes[task]} asked")
         paired[task] = [(a[i], b[i]) for i in common]
 
-    def difference(draw: dict[str, list[int]]) -> float:
-        total = 0.0
-        for task, pairs in paired.items():
-            picked = [pairs[i] for i in draw[task]]
-            total += score(task, [p[0] for p in picked]) - score(task, [p[1] for p in picked])
-        return total / len(paired)
-
-    observed = difference({t: list(range(len(p))) for t, p in paired.items()})
-    rng = random.Random(args.seed)
-    diffs = sorted(
-        difference({t: [rng.randrange(len(p)) for _ in p] for t, p in paired.items()}) for _ in range(args.resamples)
-    )
-    lo, hi = diffs[int(0.025 * len(diffs))], diffs[int(0.975 * len(diffs)) - 1]
-    above = sum(d > 0 for d in diffs) / len(diffs)
+    diffs = np.zeros(args.resamples)
+    observed = 0.0
+    for seed, (task, pairs) in enumerate(paired.items(), start=args.seed):
+        kind, metric = TASKS[task]
+        golds = [a["gold"] for a, _ in pairs]
+        per_method = []
+        for side in (0, 1):
+            preds = [p[side]["prediction"] for p in pairs]
+            per_method.append(bootstrap_values(kind, metric, preds, golds, args.resamples, seed))
+            # The observed score: the whole corpus, drawn once in order.
+            observed += (1 if side == 0 else -1) * _whole(kind, metric, preds, golds) / len(paired)
+        diffs += (per_method[0] - per_method[1]) / len(paired)
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    above = float((diffs > 0).mean())
     print(
         f"{args.a} minus {args.b}, six-task average: {observed:+.2f} (95% interval [{lo:+.2f}, {hi:+.2f}]; "
         f"above zero in {100 * above:.1f}% of {len(diffs)} resamples)"
     )
+
+
+def _whole(kind: str, metric: str, predictions: list[str], golds: list) -> float:
+    if metric == "bleu":
+        return corpus_bleu(predictions, golds)
+    return float(np.mean(item_scores(kind, metric, predictions, golds)))
 
 
 if __name__ == "__main__":

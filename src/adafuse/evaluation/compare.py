@@ -214,6 +214,22 @@ def item_scores(kind: str, metric: str, predictions: Sequence[str], golds: Seque
     return [100.0 * fn(p, g) for p, g in zip(predictions, golds, strict=True)]
 
 
+def bootstrap_values(
+    kind: str, metric: str, predictions: Sequence[str], golds: Sequence[Any], resamples: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """The corpus score (percent) of each of ``resamples`` resampled corpora; the same seed and corpus size draw
+    the same items, so two methods' values for one task are paired (``bootstrap_interval`` explains the scoring)."""
+    n = len(predictions)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    if metric in ("bleu", "chrf"):
+        scorer = _corpus_metric(metric)
+        refs = [g if isinstance(g, str) else g[0] for g in golds]
+        stats = np.asarray(scorer._extract_corpus_statistics(list(predictions), [refs]), dtype=np.int64)
+        sums = stats[idx].sum(axis=1)
+        return np.array([scorer._compute_score_from_stats(list(row)).score for row in sums], dtype=float)
+    return np.asarray(item_scores(kind, metric, predictions, golds), dtype=float)[idx].mean(axis=1)
+
+
 def bootstrap_interval(
     kind: str,
     metric: str,
@@ -230,19 +246,9 @@ def bootstrap_interval(
     what recomputing it from the resampled sentences would give, without re-tokenising each time). The seed
     is fixed, so a report is reproducible, and every method of one comparison gets the same resamples.
     """
-    n = len(predictions)
-    if n == 0:
+    if not predictions:
         return None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(resamples, n))
-    if metric in ("bleu", "chrf"):
-        scorer = _corpus_metric(metric)
-        refs = [g if isinstance(g, str) else g[0] for g in golds]
-        stats = np.asarray(scorer._extract_corpus_statistics(list(predictions), [refs]), dtype=np.int64)
-        sums = stats[idx].sum(axis=1)
-        values = np.array([scorer._compute_score_from_stats(list(row)).score for row in sums], dtype=float)
-    else:
-        values = np.asarray(item_scores(kind, metric, predictions, golds), dtype=float)[idx].mean(axis=1)
+    values = bootstrap_values(kind, metric, predictions, golds, resamples, seed)
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(values, [tail, 1.0 - tail])
     return float(lo), float(hi)
