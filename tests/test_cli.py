@@ -92,6 +92,7 @@ def test_prompt_longer_than_a_members_context():
         (["--weights", "1,x"], "--weights must be comma-separated numbers"),
         (["--weights", "1,1"], "2 weights given for 3 members"),
         (["--weights", "auto", "--auto-sharpness", "-1"], "auto_sharpness must be a finite number >= 0"),
+        (["--min-weight", "1"], "min_weight must be a number in [0, 1), got 1.0"),
         (["--combiner", "median"], "unknown combiner 'median'; choose one of mean, confidence, vote"),
     ],
 )

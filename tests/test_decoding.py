@@ -112,6 +112,32 @@ def test_argmin_uses_every_members_scores_and_the_weights(weights, winner):
     assert rnd.winner.text == winner and res.text == winner
 
 
+def test_members_below_min_weight_neither_propose_nor_score():
+    a, b = member("a", A_PREFERS_X), member("b", B_PREFERS_Y)
+    res = Ensemble([a, b]).generate("Q:", DecodeConfig(beam=2, stop=("\n",), weights=(0.2, 0.8), min_weight=0.25))
+    assert res.telemetry.benched == ["a"]
+    assert res.telemetry.weights == pytest.approx({"a": 0.2, "b": 0.8})  # what the request started with
+    assert a.stats.forward_calls == 0 and a.stats.tokens_evaluated == 0  # benched before prefill
+    for rnd in res.rounds:
+        assert [p.member for p in rnd.proposals] == ["b"]
+        assert all(set(c.scores) <= {"b"} and c.proposers == ["b"] for c in rnd.candidates)
+    assert res.text == " Y"
+    # Under the floor nobody is benched: a proposes and scores again, and its weight is what it was.
+    res = Ensemble([member("a", A_PREFERS_X), member("b", B_PREFERS_Y)]).generate(
+        "Q:", DecodeConfig(beam=2, stop=("\n",), weights=(0.2, 0.8), min_weight=0.2)
+    )
+    assert res.telemetry.benched == [] and {p.member for p in res.rounds[0].proposals} == {"a", "b"}
+
+
+def test_a_floor_above_every_weight_keeps_the_heaviest_member():
+    ens = Ensemble([member("a", A_PREFERS_X), member("b", B_PREFERS_Y), member("c", UNSURE)])
+    res = ens.generate("Q:", DecodeConfig(beam=2, stop=("\n",), weights=(1, 3, 3), min_weight=0.9))
+    assert res.telemetry.benched == ["a", "c"]  # b and c tie for heaviest: the first of them stays
+    assert res.text == " Y"
+    span = ens.generate("Q:", DecodeConfig(beam=2, stop=("\n",), weights=(1, 3, 3), min_weight=0.9, method="span"))
+    assert span.telemetry.benched == ["a", "c"]  # every method shares the loop, and the floor
+
+
 @pytest.mark.parametrize("combiner", ["mean", "confidence", "vote"])
 def test_a_non_finite_score_is_an_error_naming_the_member_under_every_combiner(combiner):
     broken = member("b", B_PREFERS_Y)

@@ -156,6 +156,9 @@ def test_granularity_and_combiner_are_validated():
         DecodeConfig(weights="best")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="auto_sharpness"):
         DecodeConfig(auto_sharpness=-1)
+    for floor in (-0.1, 1.0, math.nan, "0.1"):
+        with pytest.raises(ConfigError, match="min_weight"):
+            DecodeConfig(min_weight=floor)  # type: ignore[arg-type]
 
 
 # -- combiners and weights --------------------------------------------------------------------------------------

@@ -216,6 +216,28 @@ def test_auto_weights_depend_on_the_worked_answers_only_and_are_read_once(zoo_me
     assert [m.tokens_evaluated for m in d.telemetry.members] == [m.tokens_evaluated for m in b.telemetry.members]
 
 
+def test_members_benched_by_sharp_evidence_cost_nothing_after_the_read(zoo_members, shared_data):
+    # Sharp evidence weights put ~1e-4 on two of the three members; with a floor they sit the request out: no
+    # proposals, no scores, and once a task's few-shot part has been read, not one token evaluated.
+    fewshot = (shared_data / "triviaqa" / "prompt.txt").read_text().strip()
+    ens = Ensemble(zoo_members)
+    cfg = DecodeConfig(weights="auto", auto_sharpness=100, min_weight=0.01, max_new_tokens=8, stop=("\n",))
+    first = ens.generate(fewshot + "\n\nQuestion: Who wrote Hamlet?\nAnswer:", cfg)
+    second = ens.generate(fewshot + "\n\nQuestion: Which river flows through Paris?\nAnswer:", cfg)
+    trusted = max(first.telemetry.weights, key=first.telemetry.weights.get)
+    assert sorted(second.telemetry.benched) == sorted(m.name for m in zoo_members if m.name != trusted)
+    assert second.telemetry.weights == first.telemetry.weights and set(second.telemetry.weights) == {
+        m.name for m in zoo_members
+    }
+    for m in second.telemetry.members:
+        assert (m.tokens_evaluated == 0) == (m.name != trusted)
+    for rnd in second.rounds:
+        assert {p.member for p in rnd.proposals} == {trusted}
+        assert all(set(c.scores) <= {trusted} for c in rnd.candidates)
+    # The same request again, on members that have done other work since: the same text.
+    assert ens.generate(fewshot + "\n\nQuestion: Which river flows through Paris?\nAnswer:", cfg).text == second.text
+
+
 def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivia_prompt):
     # Automatic weights from prompt evidence, the adaptive unit and the confidence combiner on llama.cpp members.
     cfg = DecodeConfig(

@@ -244,6 +244,15 @@ CASES = [
         422,
         "adafuse.combiner",
     ),
+    (
+        "min-weight",
+        "POST",
+        "/v1/completions",
+        JSON,
+        '{"prompt": "x", "adafuse": {"min_weight": 1}}',
+        422,
+        "min_weight must be a number in [0, 1)",
+    ),
     ("too-long", "POST", "/v1/completions", JSON, json.dumps({"prompt": LONG}), 400, "context window is 64"),
     ("no-messages", "POST", "/v1/chat/completions", JSON, "{}", 422, "messages"),
     ("messages-str", "POST", "/v1/chat/completions", JSON, '{"messages": "hi"}', 422, "non-empty list"),
@@ -373,6 +382,15 @@ def test_requests_choose_granularity_combiner_and_auto_weights(open_url):
     reply = httpx.post(f"{open_url}/v1/completions", json=body)
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["text"] == " George V. was king"
+
+
+def test_requests_may_bench_light_members(open_url):
+    body = {"prompt": "Q", "adafuse": {"weights": [1, 3], "min_weight": 0.3, "trace": True}}
+    reply = httpx.post(f"{open_url}/v1/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    tel = reply.json()["adafuse"]["telemetry"]
+    assert tel["benched"] == ["a"] and tel["weights"] == {"a": 0.25, "b": 0.75}
+    assert all(p["member"] == "b" for r in reply.json()["adafuse"]["rounds"] for p in r["proposals"])
 
 
 def test_streaming_never_sends_text_a_stop_string_later_removes(open_url):

@@ -20,6 +20,7 @@ from adafuse.evaluation.commands import (
     CombinerOpt,
     GranularityOpt,
     MaxWordsOpt,
+    MinWeightOpt,
     ModelsOpt,
     NCtxOpt,
     SharpnessOpt,
@@ -94,6 +95,7 @@ def generate(
     granularity: GranularityOpt = "word",
     combiner: CombinerOpt = "mean",
     auto_sharpness: SharpnessOpt = 20.0,
+    min_weight: MinWeightOpt = 0.0,
     member: Annotated[int, typer.Option(help="Member index for --method single.")] = 0,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's chat template.")] = False,
     n_ctx: NCtxOpt = 4096,
@@ -120,6 +122,7 @@ def generate(
             stop=tuple(unescape(s) for s in stop or ()),
             stop_at_boxed=boxed,
             single_member=member,
+            min_weight=min_weight,
         )
         text = unescape(prompt)
         if not text.strip():

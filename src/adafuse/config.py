@@ -21,6 +21,10 @@ WEIGHTS_HELP = (
 SHARPNESS_HELP = (
     "With --weights auto: beta in w ~ exp(-beta * NLL per byte); 0 keeps the given weights, 100 all but picks one."
 )
+MIN_WEIGHT_HELP = (
+    "Members whose weight (after --weights auto, the evidence weights) is below this sit the request out: they "
+    "neither propose nor score. 0 keeps everyone."
+)
 N_CTX_HELP = "Longest context per member, in its tokens (llama.cpp grows the KV cache to it as requests need)."
 GRANULARITY_HELP = "Fusion unit per round: word (the paper), adaptive, token, sentence or paragraph."
 COMBINER_HELP = (
@@ -49,6 +53,11 @@ class DecodeConfig:
     #: what auto weights measure: "answers" (the likelihood of the prompt's worked answers, falling back to the
     #: whole prompt when it has none) or "prompt" (the whole prompt); see decoding/evidence.py.
     auto_evidence: str = "answers"
+    #: members whose weight is below this fraction of the total sit the request out (neither propose nor score);
+    #: the heaviest member always stays. With sharp automatic weights the others hold ~1e-4 of the vote, yet
+    #: their words still enter the union and can win under the trusted member's own length-normalised score
+    #: (docs/RESULTS.md, trace 7); benching them also saves their prefill and every scoring pass.
+    min_weight: float = 0.0
     #: "mean": weighted mean NLL (the paper). "confidence": each member's weight is also multiplied by its
     #: top-1 probability at this round's first token, so a member that is sure counts for more. "vote": each
     #: member shares out its weight over the round's candidates in proportion to their probability under it.
@@ -95,6 +104,8 @@ class DecodeConfig:
             self.auto_sharpness < 0
         ):
             raise ConfigError(f"auto_sharpness must be a finite number >= 0, got {self.auto_sharpness!r}")
+        if not (isinstance(self.min_weight, int | float) and 0.0 <= self.min_weight < 1.0):
+            raise ConfigError(f"min_weight must be a number in [0, 1), got {self.min_weight!r}")
         if self.auto_evidence not in AUTO_EVIDENCE:
             raise ConfigError(f"unknown auto_evidence {self.auto_evidence!r}; choose one of {', '.join(AUTO_EVIDENCE)}")
         if isinstance(self.weights, str):

@@ -68,6 +68,8 @@ class Telemetry:
     dropped: dict[str, str] = field(default_factory=dict)
     #: the member weights the votes used (after ``weights="auto"``, the evidence weights).
     weights: dict[str, float] = field(default_factory=dict)
+    #: members that sat the request out because their weight was below ``min_weight``.
+    benched: list[str] = field(default_factory=list)
     #: with ``weights="auto"``: each member's NLL of its prompt in nats per byte (the evidence).
     prompt_nll: dict[str, float] = field(default_factory=dict)
     #: what that NLL was measured on: "answers" (the prompt's worked answers) or "prompt" (all of it).

@@ -29,6 +29,8 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
     # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill then completes.
     evidence = apply_auto_weights(state) if cfg.weights == "auto" and state.config.method != "single" else None
+    weights = {state.views[i].name: state.weights[i] for i in state.active}
+    benched = bench(state)
     map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))
     rounds = state.rounds
     finish = ""
@@ -58,7 +60,8 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         fused_rounds=sum(not r.fast_path for r in rounds),
         output_tokens=output_tokens(state),
         wall_seconds=time.perf_counter() - start,
-        weights={state.views[i].name: state.weights[i] for i in state.active},
+        weights=weights,
+        benched=benched,
         prompt_nll=evidence[0] if evidence else {},
         evidence=evidence[1] if evidence else None,
     )
@@ -71,6 +74,21 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         models=[v.name for v in state.views],
         config=cfg.to_dict(),
     )
+
+
+def bench(state: DecodeState) -> list[str]:
+    """Take the members whose weight is below ``min_weight`` out of ``state.active``; returns their names.
+
+    The heaviest member always stays (the first of them on a tie), so a floor above every weight leaves one.
+    """
+    floor = state.config.min_weight
+    if floor <= 0 or len(state.active) < 2:
+        return []
+    total = sum(state.weights[i] for i in state.active)
+    heaviest = max(state.active, key=lambda i: state.weights[i])
+    out = [i for i in state.active if i != heaviest and state.weights[i] < floor * total]
+    state.active = [i for i in state.active if i not in out]
+    return [state.views[i].name for i in out]
 
 
 def _finish_reason(state: DecodeState, rnd: Round) -> str:

@@ -20,6 +20,7 @@ from adafuse.config import (
     COMBINER_HELP,
     GRANULARITY_HELP,
     METHODS,
+    MIN_WEIGHT_HELP,
     N_CTX_HELP,
     SHARPNESS_HELP,
     WEIGHTS_HELP,
@@ -41,6 +42,7 @@ WeightsOpt = Annotated[str | None, typer.Option(help=WEIGHTS_HELP)]
 GranularityOpt = Annotated[str, typer.Option(help=GRANULARITY_HELP)]
 CombinerOpt = Annotated[str, typer.Option(help=COMBINER_HELP)]
 SharpnessOpt = Annotated[float, typer.Option("--auto-sharpness", help=SHARPNESS_HELP)]
+MinWeightOpt = Annotated[float, typer.Option("--min-weight", help=MIN_WEIGHT_HELP)]
 ChatOpt = Annotated[bool, typer.Option(help="Render prompts with each member's chat template.")]
 NCtxOpt = Annotated[int, typer.Option("--n-ctx", help=N_CTX_HELP)]
 ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads per member.")]
@@ -132,6 +134,7 @@ def eval_command(
     granularity: GranularityOpt = "word",
     combiner: CombinerOpt = "mean",
     auto_sharpness: SharpnessOpt = 20.0,
+    min_weight: MinWeightOpt = 0.0,
     member: Annotated[int, typer.Option(min=0, help="Member index for --method single.")] = 0,
     chat: ChatOpt = False,
     n_ctx: NCtxOpt = 4096,
@@ -159,7 +162,9 @@ def eval_command(
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
         names = [spec_name(s) for s in specs]
         base = replace(
-            decoding_options(theta, max_words, beam, weights, granularity, combiner, auto_sharpness, specs),
+            decoding_options(
+                theta, max_words, beam, weights, granularity, combiner, auto_sharpness, specs, min_weight=min_weight
+            ),
             single_member=member,
         )
         cfg = spec.config(base, names)
@@ -212,6 +217,7 @@ def compare_command(
     granularity: GranularityOpt = "word",
     combiner: CombinerOpt = "mean",
     auto_sharpness: SharpnessOpt = 20.0,
+    min_weight: MinWeightOpt = 0.0,
     chat: ChatOpt = False,
     n_ctx: NCtxOpt = 4096,
     threads: ThreadsOpt = None,
@@ -236,7 +242,9 @@ def compare_command(
         bench = build_task(task, data_dir, data, prompt, kind)
         labels = split_methods(methods)
         specs = parse_models(models) or list(DEFAULT_ENSEMBLE)
-        base = decoding_options(theta, max_words, beam, weights, granularity, combiner, auto_sharpness, specs)
+        base = decoding_options(
+            theta, max_words, beam, weights, granularity, combiner, auto_sharpness, specs, min_weight=min_weight
+        )
         with LazyEnsemble(specs, n_ctx=n_ctx, n_threads=threads) as lazy:
             results = run_compare(
                 bench,

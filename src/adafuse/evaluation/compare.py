@@ -57,6 +57,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "weights": lambda v: "auto" if v == "auto" else tuple(float(w) for w in re.split(r"[/:;]", v)),
     "auto_sharpness": float,
     "auto_evidence": str,
+    "min_weight": float,
     "granularity": str,
     "combiner": str,
     "single_member": lambda v: v,  # index or name; resolved against the member names later

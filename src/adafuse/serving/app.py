@@ -60,6 +60,7 @@ ADAFUSE_OPTIONS = {
     "combiner": str,
     "auto_sharpness": float,
     "auto_evidence": str,
+    "min_weight": float,
     "trace": bool,
 }
 #: OpenAI fields a greedy ensemble accepts and ignores: sampling knobs have nothing to act on.
