@@ -89,7 +89,7 @@ def test_prompt_longer_than_a_members_context():
         (["--max-words", "0"], "max_words must be an integer >= 1"),
         (["--max-new-tokens", "0"], "max_new_tokens must be"),
         (["--method", "vote"], "unknown method 'vote'"),
-        (["--weights", "1,x"], "--weights must be comma-separated numbers"),
+        (["--weights", "1,x"], "--weights must be auto, equal, comma-separated numbers"),
         (["--weights", "1,1"], "2 weights given for 3 members"),
         (["--weights", "auto", "--auto-sharpness", "-1"], "auto_sharpness must be a finite number >= 0"),
         (["--min-weight", "1"], "min_weight must be a number in [0, 1), got 1.0"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from fakes import EOS, ScriptedMember, table
@@ -207,6 +208,21 @@ def test_vote_combiner_bounds_each_members_say_so_one_member_cannot_veto():
     assert shares[0] < 0.05 < 0.75 < min(shares[1:])
 
 
+def test_default_weights_are_automatic_for_adafuse_and_equal_for_the_baselines():
+    cfg = DecodeConfig()
+    assert cfg.resolved_weights == "auto" and cfg.auto_weights and cfg.to_dict()["weights"] == "auto"
+    assert (cfg.auto_sharpness, cfg.min_weight, cfg.auto_evidence) == (100.0, 0.01, "answers_only")
+    # The default survives a change of method: each method gets its own.
+    for method in ("span", "sample", "token"):
+        other = replace(cfg, method=method)
+        assert other.resolved_weights is None and not other.auto_weights and other.to_dict()["weights"] is None
+    assert replace(DecodeConfig(method="span"), method="adafuse").resolved_weights == "auto"
+    assert not replace(cfg, method="single").auto_weights
+    # "equal" is the paper's setting, spelled as runs recorded it before the default changed.
+    assert DecodeConfig(weights="equal").weights is None and DecodeConfig(weights="equal").to_dict()["weights"] is None
+    assert DecodeConfig(weights=(1, 3)).member_weights(2) == (0.25, 0.75)
+
+
 def test_evidence_weights_follow_the_rule():
     w = evidence_weights((0.5, 0.5), {0: 1.0, 1: 1.1}, 20.0)
     assert w[0] / w[1] == pytest.approx(2.718281828**2, rel=1e-6)
@@ -222,13 +238,23 @@ def test_auto_weights_trust_the_member_that_predicts_the_prompt_best():
     ens = Ensemble([qa_member("a", UNSURE_PARIS, logprob=-3.0), qa_member("b", SURE_ROME, logprob=-2.0)])
     res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2)))
     assert res.text == " Paris"
-    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights="auto"))
+    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights="auto", auto_evidence="prompt"))
     assert res.text == " Rome"
     assert res.telemetry.prompt_nll == {"a": 3.0, "b": 2.0}
     assert res.telemetry.weights["b"] > 0.99
     # The result (and its config) survive a JSON round trip.
     back = Result.from_dict(json.loads(json.dumps(res.to_dict())))
     assert back.telemetry.weights == res.telemetry.weights and back.config["weights"] == "auto"
+
+
+def test_a_prompt_without_worked_answers_is_no_evidence_by_default():
+    # "Q:" has no worked answer: the default keeps the given weights (equal), "answers" falls back to the prompt.
+    ens = Ensemble([qa_member("a", UNSURE_PARIS, logprob=-3.0), qa_member("b", SURE_ROME, logprob=-2.0)])
+    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1))
+    assert res.config["weights"] == "auto" and res.telemetry.evidence is None and res.telemetry.prompt_nll == {}
+    assert res.telemetry.weights == {"a": 0.5, "b": 0.5} and res.telemetry.benched == []
+    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, auto_evidence="answers"))
+    assert res.telemetry.evidence == "prompt" and res.telemetry.benched == ["a"]
 
 
 def test_auto_weights_fall_back_to_the_given_weights_when_a_member_cannot_tell():
@@ -327,3 +353,15 @@ def test_word_normalisation_compares_first_words_so_runaway_words_lose():
     first = per_word.rounds[0]
     pierre = next(c for c in first.candidates if c.text == " Pierre")
     assert pierre.scores["a"] == pytest.approx(-math.log(0.3), abs=1e-6)  # the word's own NLL, not an average
+
+
+def test_whole_prompt_evidence_needs_the_same_text_for_every_member():
+    # Under chat each member reads the request in its own template: per byte of different texts is no comparison,
+    # so there is no evidence and the given weights stand.
+    a = ScriptedMember("a", QA, table(UNSURE_PARIS), prompt="U: Q\nA:")
+    a.chat_template = "U: {{ messages[0]['content'] }}\nA:"
+    b = ScriptedMember("b", QA, table(SURE_ROME), prompt="User: Q\n\nAssistant:")
+    a.prompt_logprob, b.prompt_logprob = -3.0, -2.0
+    cfg = DecodeConfig(max_words=1, beam=1, auto_evidence="prompt")
+    res = Ensemble([a, b]).generate([{"role": "user", "content": "Q"}], cfg, chat=True)
+    assert res.telemetry.evidence is None and res.telemetry.weights == {"a": 0.5, "b": 0.5}

@@ -74,8 +74,10 @@ def test_merge_across_the_boundary_is_handled(zoo_members):
 
 
 def run_ensemble(members, prompt):
+    # Equal weights (the paper's setting): every member proposes and scores in every round. The default's
+    # evidence weights would bench two of the three on this prompt (tested on their own below).
     ens = Ensemble(members)
-    return ens.generate(prompt, DecodeConfig(stop=("\n",), max_new_tokens=24))
+    return ens.generate(prompt, DecodeConfig(weights="equal", stop=("\n",), max_new_tokens=24))
 
 
 def test_ensemble_answers_a_triviaqa_prompt_with_a_complete_trace(zoo_members, trivia_prompt):

@@ -340,12 +340,35 @@ def test_automatic_weights_recorded_before_auto_evidence_existed_measured_the_wh
         del manifest["identity"]["config"]["auto_evidence"]
         (out / "run.json").write_text(json.dumps(manifest))
         if weights == "auto":
-            with pytest.raises(ConfigError, match="config.auto_evidence: 'prompt' now 'answers'"):
+            with pytest.raises(ConfigError, match="config.auto_evidence: 'prompt' now 'answers_only'"):
                 run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, progress=False)
             cfg = DecodeConfig(weights="auto", auto_evidence="prompt")
         else:
-            cfg = DecodeConfig()  # without automatic weights the option changes nothing: the run resumes
+            cfg = DecodeConfig(weights="equal")  # without automatic weights the option changes nothing: it resumes
         assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
+
+
+def test_runs_recorded_before_the_weight_floor_and_the_new_default(tmp_path, task, zoo):
+    def recorded_before_the_floor(cfg: DecodeConfig, out: Path) -> None:
+        run_eval(task, zoo.ensemble(), cfg, out, limit=1, progress=False)
+        manifest = json.loads((out / "run.json").read_text())
+        manifest["identity"]["config"].pop("min_weight", None)
+        (out / "run.json").write_text(json.dumps(manifest))
+
+    # The paper's method (equal weights): the floor cannot bench anyone, so the run resumes under its new spelling,
+    # and the unlabelled default, now automatic weights, is a different run.
+    recorded_before_the_floor(DecodeConfig(weights="equal", min_weight=0), tmp_path / "paper")
+    assert run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal"), tmp_path / "paper", limit=2, progress=False)
+    with pytest.raises(ConfigError, match="config.weights: None now 'auto'"):
+        run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "paper", progress=False)
+    # Automatic weights without a floor left every member in: under the default floor it is not the same run.
+    recorded_before_the_floor(DecodeConfig(weights="auto", min_weight=0), tmp_path / "sharp")
+    with pytest.raises(ConfigError, match="config.min_weight: 0.0 now 0.01"):
+        run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "sharp", progress=False)
+    assert run_eval(task, zoo.ensemble(), DecodeConfig(min_weight=0), tmp_path / "sharp", limit=2, progress=False)
+    # One member alone: neither weights nor the floor matter.
+    recorded_before_the_floor(DecodeConfig(method="single", min_weight=0), tmp_path / "single")
+    assert run_eval(task, zoo.ensemble(), DecodeConfig(method="single"), tmp_path / "single", limit=2, progress=False)
 
 
 def test_automatic_weights_recorded_before_evidence_read_every_worked_answer_are_not_mixed(tmp_path, task, zoo):

@@ -224,7 +224,7 @@ CASES = [
         JSON,
         '{"prompt": "x", "adafuse": {"weights": "best"}}',
         422,
-        'list of numbers or "auto"',
+        'list of numbers, "auto" or "equal"',
     ),
     (
         "granularity",

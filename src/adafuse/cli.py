@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adafuse.config import METHODS
+from adafuse.config import DEFAULTS, METHODS
 from adafuse.errors import AdafuseError
 from adafuse.evaluation.commands import (
     BeamOpt,
@@ -62,11 +62,12 @@ def parse_models(models: str | None) -> list[str] | None:
 
 
 def parse_weights(weights: str | None, specs: list[str] | None = None) -> tuple[float, ...] | str | None:
-    """``a,b,c``, ``auto``, or a weights file written by ``adafuse calibrate`` (checked against the members)."""
+    """``a,b,c``, ``auto``, ``equal``, or a weights file written by ``adafuse calibrate`` (checked against the
+    members); not given: the method's default (see ``DecodeConfig.weights``)."""
     if weights is None:
-        return None
-    if weights.strip() == "auto":
-        return "auto"
+        return "default"
+    if weights.strip() in ("auto", "equal"):
+        return weights.strip()
     if weights.endswith(".json"):
         from adafuse.backends import DEFAULT_ENSEMBLE
         from adafuse.evaluation.calibrate import load_weights
@@ -76,7 +77,7 @@ def parse_weights(weights: str | None, specs: list[str] | None = None) -> tuple[
     try:
         return tuple(float(w) for w in weights.split(","))
     except ValueError:
-        fail(f"--weights must be comma-separated numbers, auto, or a weights .json file, got {weights!r}")
+        fail(f"--weights must be auto, equal, comma-separated numbers or a weights .json file, got {weights!r}")
         raise
 
 
@@ -94,8 +95,8 @@ def generate(
     weights: WeightsOpt = None,
     granularity: GranularityOpt = "word",
     combiner: CombinerOpt = "mean",
-    auto_sharpness: SharpnessOpt = 20.0,
-    min_weight: MinWeightOpt = 0.0,
+    auto_sharpness: SharpnessOpt = DEFAULTS.auto_sharpness,
+    min_weight: MinWeightOpt = DEFAULTS.min_weight,
     member: Annotated[int, typer.Option(help="Member index for --method single.")] = 0,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's chat template.")] = False,
     n_ctx: NCtxOpt = 4096,

@@ -12,11 +12,11 @@ from adafuse.errors import ConfigError
 Normalisation = Literal["token", "char", "sum", "word"]
 METHODS = ("adafuse", "token", "span", "sample", "single")
 COMBINERS = ("mean", "confidence", "vote")
-AUTO_EVIDENCE = ("answers", "prompt")
+AUTO_EVIDENCE = ("answers_only", "answers", "prompt")
 # One wording of the new options for every command line that offers them.
 WEIGHTS_HELP = (
-    "Member weights: comma-separated numbers, auto (from each member's likelihood of its prompt's worked answers), "
-    "or a weights .json from `adafuse calibrate`."
+    "Member weights: auto (from each member's likelihood of its prompt's worked answers; adafuse's default), equal "
+    "(the paper's; the baselines' default), comma-separated numbers, or a weights .json from `adafuse calibrate`."
 )
 SHARPNESS_HELP = (
     "With --weights auto: beta in w ~ exp(-beta * NLL per byte); 0 keeps the given weights, 100 all but picks one."
@@ -46,18 +46,21 @@ class DecodeConfig:
     theta: float = 0.7
     max_words: int = 3
     beam: int = 3
-    #: fixed member weights, or "auto": weights from each member's likelihood of the prompt (README, "Member
-    #: weights"), sharpened by ``auto_sharpness``.
-    weights: tuple[float, ...] | Literal["auto"] | None = None
-    auto_sharpness: float = 20.0
-    #: what auto weights measure: "answers" (the likelihood of the prompt's worked answers, falling back to the
-    #: whole prompt when it has none) or "prompt" (the whole prompt); see decoding/evidence.py.
-    auto_evidence: str = "answers"
+    #: fixed member weights; "auto": weights from each member's likelihood of the prompt's worked answers
+    #: (README, "Member weights"), sharpened by ``auto_sharpness``; "equal" (or None): equal weights, the paper's.
+    #: "default" is "auto" for adafuse and "equal" for the baselines, which are defined with equal weights
+    #: (``resolved_weights``; docs/RESULTS.md, "Defaults", says why).
+    weights: tuple[float, ...] | Literal["auto", "equal", "default"] | None = "default"
+    auto_sharpness: float = 100.0
+    #: what auto weights measure: "answers_only" (the likelihood of the prompt's worked answers; a prompt without
+    #: any keeps the given weights), "answers" (the same, falling back to the whole prompt) or "prompt" (the whole
+    #: prompt); see decoding/evidence.py.
+    auto_evidence: str = "answers_only"
     #: members whose weight is below this fraction of the total sit the request out (neither propose nor score);
     #: the heaviest member always stays. With sharp automatic weights the others hold ~1e-4 of the vote, yet
     #: their words still enter the union and can win under the trusted member's own length-normalised score
     #: (docs/RESULTS.md, trace 7); benching them also saves their prefill and every scoring pass.
-    min_weight: float = 0.0
+    min_weight: float = 0.01
     #: "mean": weighted mean NLL (the paper). "confidence": each member's weight is also multiplied by its
     #: top-1 probability at this round's first token, so a member that is sure counts for more. "vote": each
     #: member shares out its weight over the round's candidates in proportion to their probability under it.
@@ -109,8 +112,10 @@ class DecodeConfig:
         if self.auto_evidence not in AUTO_EVIDENCE:
             raise ConfigError(f"unknown auto_evidence {self.auto_evidence!r}; choose one of {', '.join(AUTO_EVIDENCE)}")
         if isinstance(self.weights, str):
-            if self.weights != "auto":
-                raise ConfigError(f"weights must be numbers or 'auto', got {self.weights!r}")
+            if self.weights not in ("auto", "equal", "default"):
+                raise ConfigError(f"weights must be numbers, 'auto' or 'equal', got {self.weights!r}")
+            if self.weights == "equal":
+                object.__setattr__(self, "weights", None)
         elif self.weights is not None:
             ws = tuple(float(w) for w in self.weights)
             if any(not math.isfinite(w) or w < 0 for w in ws) or sum(ws) <= 0:
@@ -120,22 +125,41 @@ class DecodeConfig:
             raise ConfigError("stop strings must be strings")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
+    @property
+    def resolved_weights(self) -> tuple[float, ...] | Literal["auto"] | None:
+        """The weights this method uses: "default" resolved (kept unresolved in the field, so that
+        ``replace(config, method=...)`` gives the new method its own default)."""
+        if self.weights == "default":
+            return "auto" if self.method == "adafuse" else None
+        return self.weights  # type: ignore[return-value]
+
+    @property
+    def auto_weights(self) -> bool:
+        return self.resolved_weights == "auto" and self.method != "single"
+
     def member_weights(self, n_members: int) -> tuple[float, ...]:
         """Weights normalised to sum to one; equal unless given ("auto" starts equal, see decoding/evidence.py)."""
-        if self.weights is None or self.weights == "auto":
+        weights = self.resolved_weights
+        if weights is None or weights == "auto":
             return tuple(1.0 / n_members for _ in range(n_members))
-        if len(self.weights) != n_members:
-            raise ConfigError(f"{len(self.weights)} weights given for {n_members} members")
-        total = sum(self.weights)
-        return tuple(w / total for w in self.weights)
+        if len(weights) != n_members:
+            raise ConfigError(f"{len(weights)} weights given for {n_members} members")
+        total = sum(weights)
+        return tuple(w / total for w in weights)
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as plain data, with the weights resolved (what a run recorded, see ``resolved_weights``)."""
         d = asdict(self)
         d["stop"] = list(self.stop)
-        d["weights"] = self.weights if self.weights is None or isinstance(self.weights, str) else list(self.weights)
+        weights = self.resolved_weights
+        d["weights"] = weights if weights is None or isinstance(weights, str) else list(weights)
         return d
 
 
 def _at_least(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+#: the defaults, for command lines that show them
+DEFAULTS = DecodeConfig()

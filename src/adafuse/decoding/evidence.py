@@ -7,16 +7,22 @@ with different vocabularies compare fairly) and ``w0_m`` the given weights (equa
 
     w_m  =  w0_m * exp(-beta * nll_m)  /  sum_k w0_k * exp(-beta * nll_k)
 
-``beta`` (``auto_sharpness``, default 20) turns per-byte differences of a few hundredths into clear preferences.
+``beta`` (``auto_sharpness``, default 100) turns per-byte differences of a few hundredths into clear preferences:
+at 100 a member 0.05 nats per byte behind the best keeps under 1% of the vote, and ``min_weight`` (default 0.01)
+benches it (decoding/loop.py, ``bench``).
 
 What is scored (``auto_evidence``):
 
-* ``answers`` (default): the worked answers only. The prompt's last line is its cue (``Answer:``, ``Let's think
-  step by step``); the text after each earlier line that starts with the same cue, up to the next blank line, is
-  an answer. Scoring the whole prompt instead mostly measures how well a member models the questions and
+* ``answers_only`` (default): the worked answers only. The prompt's last line is its cue (``Answer:``, ``Let's
+  think step by step``); the text after each earlier line that starts with the same cue, up to the next blank
+  line, is an answer. Scoring the whole prompt instead mostly measures how well a member models the questions and
   instructions (on SQuAD, Wikipedia passages), which says little about who answers them. A prompt with no worked
-  answer (a zero-shot instruction) falls back to ``prompt``.
-* ``prompt``: every token of the prompt.
+  answer (a plain question, a zero-shot instruction, a chat request) gives no evidence: the given weights stand.
+  On a one-line question the whole prompt's likelihood trusts the smallest member (SmolLM2 0.98 for "Question:
+  What is the capital of France?", which then answers with an empty line), so guessing from it is no default.
+* ``answers``: the same, falling back to ``prompt`` when there is no worked answer.
+* ``prompt``: every token of the prompt, when every member reads the same text; prompts rendered with each
+  member's own chat template differ, and then there is no evidence and the given weights stand.
 
 Each member reads the prompt up to the end of its last worked answer (``answer_tokens``), every token of it:
 the weights are a function of the worked examples alone, the same for every question asked after them, and a
@@ -110,10 +116,16 @@ def _tokens(state: DecodeState, member: int) -> _Tokens:
 
 def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | None:
     """Each active member's evidence NLL per byte, and which text it was measured on ("answers" or "prompt");
-    None if a member cannot tell."""
+    None if there is no evidence (see ``auto_evidence``) or a member cannot tell."""
     toks = {i: _tokens(state, i) for i in state.active}
     # Every member is judged on the same text: the answers, when every member's tokens locate them.
-    scored = "answers" if state.config.auto_evidence == "answers" and all(t.spans for t in toks.values()) else "prompt"
+    worked = all(t.spans for t in toks.values())
+    if state.config.auto_evidence == "answers_only" and not worked:
+        return None
+    scored = "answers" if state.config.auto_evidence != "prompt" and worked else "prompt"
+    if scored == "prompt" and len({state.views[i].prompt for i in state.active}) > 1:
+        # Each member's own chat template around the same request: per byte of different texts is no comparison.
+        return None
 
     def read(i: int) -> list[float] | None:
         t = toks[i]

@@ -28,7 +28,7 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     before = {v.name: v.member.stats.snapshot() for v in state.views}
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
     # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill then completes.
-    evidence = apply_auto_weights(state) if cfg.weights == "auto" and state.config.method != "single" else None
+    evidence = apply_auto_weights(state) if cfg.auto_weights else None
     weights = {state.views[i].name: state.weights[i] for i in state.active}
     benched = bench(state)
     map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))

@@ -96,7 +96,7 @@ class AdafuseLM(LM):
 
     ``models`` (comma-separated specs, default the built-ins; on the 0.4.13 command line write
     ``models=[a,b]`` or JSON, since its parser splits on every comma), ``method``, ``theta``, ``max_words``,
-    ``beam``, ``weights`` (numbers or ``auto``), ``granularity``, ``combiner``, ``normalise``, ``n_ctx``,
+    ``beam``, ``weights`` (numbers, ``auto`` or ``equal``), ``granularity``, ``combiner``, ``normalise``, ``n_ctx``,
     ``threads``, ``greedy`` (members | ensemble | none),
     ``max_gen_toks`` (default budget when a task gives none). ``ensemble=`` (Python only) uses an already
     loaded :class:`~adafuse.Ensemble`, which the model then does not close.
@@ -132,17 +132,13 @@ class AdafuseLM(LM):
         self.greedy_rule = greedy
         self.max_gen_toks = _as_int("max_gen_toks", max_gen_toks, 1)
         parsed_weights = _as_list(weights)
-        auto = parsed_weights == ["auto"]
+        named = parsed_weights[0] if len(parsed_weights) == 1 and parsed_weights[0] in ("auto", "equal") else None
         self.config = DecodeConfig(
             method=method,
             theta=_as_float("theta", theta),
             max_words=_as_int("max_words", max_words, 1),
             beam=_as_int("beam", beam, 1),
-            weights="auto"
-            if auto
-            else tuple(_as_float("weights", w) for w in parsed_weights)
-            if parsed_weights
-            else None,
+            weights=named or (tuple(_as_float("weights", w) for w in parsed_weights) if parsed_weights else "default"),
             normalise=normalise,  # type: ignore[arg-type]  # DecodeConfig validates it
             granularity=granularity,
             combiner=combiner,

@@ -172,11 +172,11 @@ def _options(body: dict[str, Any], defaults: DecodeConfig, n_members: int) -> tu
             raise _bad(param, f"must be a string, got {value!r}")
         if key == "method" and value not in METHODS:
             raise _bad(param, f"must be one of {list(METHODS)}, got {value!r}")
-        if key == "weights" and value == "auto":
+        if key == "weights" and value in ("auto", "equal"):
             pass
         elif key == "weights":
             if not isinstance(value, list) or not all(_is_num(w) for w in value):
-                raise _bad(param, f'must be a list of numbers or "auto", got {value!r}')
+                raise _bad(param, f'must be a list of numbers, "auto" or "equal", got {value!r}')
             if len(value) != n_members:
                 raise _bad(param, f"{len(value)} weights given for {n_members} members")
             value = tuple(float(w) for w in value)
