@@ -10,9 +10,10 @@ set -euo pipefail
 out="${1:?usage: study.sh OUT_DIR [PART]}"
 part="${2:-all}"
 base=(--threads "${THREADS:-1}" --n-ctx 4096)
-methods="single:0,single:1,single:2,adafuse,token,span,sample"
+# adafuse: the default (evidence weights from worked answers); adafuse@weights=equal: the paper's setting.
+methods="single:0,single:1,single:2,adafuse,adafuse@weights=equal,token,span,sample"
 # Long outputs (translation, maths) cost minutes per item for the one-token-per-round baseline on 2 cores.
-long_methods="${LONG_METHODS:-single:0,single:1,single:2,adafuse,span,sample}"
+long_methods="${LONG_METHODS:-single:0,single:1,single:2,adafuse,adafuse@weights=equal,span,sample}"
 
 # task eval_offset eval_n cal_n
 qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-30} ${N_CAL_NQ:-20}"
@@ -20,11 +21,13 @@ qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-30} ${N_C
 long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}"
   "gsm8k 50 ${N_GSM8K:-4} ${N_CAL_LONG:-5}")
 
-# Beyond the paper (docs/RESULTS.md, "Granularity, combiner and weights").
-options="adafuse@granularity=adaptive,adafuse@combiner=confidence,adafuse@combiner=vote,adafuse@normalise=word"
-options="$options,adafuse@normalise=char"
-options="$options,adafuse@weights=auto,adafuse@weights=auto,auto_sharpness=100"
-options="$options,adafuse@weights=auto,auto_sharpness=100,normalise=char"
+# Beyond the paper (docs/RESULTS.md, "Beyond the paper"): options on the paper's equal weights, then automatic
+# weights falling back to the whole prompt without worked answers (auto_evidence=answers), at the old default
+# sharpness 20, at 100, with per-character scores, and with the light members benched (min_weight).
+eq="adafuse@weights=equal"
+options="$eq,granularity=adaptive,$eq,combiner=confidence,$eq,combiner=vote,$eq,normalise=word,$eq,normalise=char"
+auto="adafuse@auto_evidence=answers"
+options="$options,$auto,auto_sharpness=20,$auto,$auto,normalise=char,$auto,min_weight=0.01"
 if [[ "$part" == options || -n "${WITH_OPTIONS:-}" ]]; then
   methods="$methods,$options"
   long_methods="$long_methods,$options"
@@ -52,8 +55,8 @@ if [[ "$part" == long || "$part" == options || "$part" == all ]]; then
 fi
 if [[ "$part" == extended || "$part" == all ]]; then
   # Flores and GSM8K again at larger sizes (the runs above are reused, only the new rows are decoded).
-  ext="single:0,single:1,single:2,adafuse,span,sample,adafuse@weights=auto,auto_sharpness=100"
-  ext="$ext,adafuse@weights=auto,auto_sharpness=100,normalise=char"
+  ext="single:0,single:1,single:2,adafuse,adafuse@weights=equal,span,sample"
+  ext="$ext,adafuse@auto_evidence=answers,adafuse@auto_evidence=answers,normalise=char"
   for spec in "flores-en-de 100 ${N_FLORES_EXT:-20}" "flores-de-en 100 ${N_FLORES_EXT:-20}" "gsm8k 50 ${N_GSM8K_EXT:-10}"; do
     set -- $spec
     adafuse compare "${base[@]}" --task "$1" --methods "$ext" --offset "$2" --limit "$3" --out "$out/$1"
@@ -61,5 +64,5 @@ if [[ "$part" == extended || "$part" == all ]]; then
 fi
 if [[ "$part" == sweep || "$part" == all ]]; then
   adafuse compare "${base[@]}" --task triviaqa --offset 1500 --limit "${N_TRIVIA:-50}" --out "$out/triviaqa" \
-    --methods "adafuse,adafuse@theta=0.3,adafuse@theta=0.5,adafuse@theta=0.9,adafuse@beam=1"
+    --methods "adafuse@weights=equal,adafuse@weights=equal,theta=0.3,adafuse@weights=equal,theta=0.5,adafuse@weights=equal,theta=0.9,adafuse@weights=equal,beam=1"
 fi

@@ -348,27 +348,28 @@ def test_automatic_weights_recorded_before_auto_evidence_existed_measured_the_wh
         assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
 
 
-def test_runs_recorded_before_the_weight_floor_and_the_new_default(tmp_path, task, zoo):
-    def recorded_before_the_floor(cfg: DecodeConfig, out: Path) -> None:
+def test_runs_recorded_before_the_default_changed_resume_under_their_new_spellings(tmp_path, task, zoo):
+    def recorded_before(cfg: DecodeConfig, out: Path) -> None:
         run_eval(task, zoo.ensemble(), cfg, out, limit=1, progress=False)
         manifest = json.loads((out / "run.json").read_text())
-        manifest["identity"]["config"].pop("min_weight", None)
+        manifest["identity"]["config"].pop("min_weight")  # the option did not exist yet
         (out / "run.json").write_text(json.dumps(manifest))
 
-    # The paper's method (equal weights): the floor cannot bench anyone, so the run resumes under its new spelling,
-    # and the unlabelled default, now automatic weights, is a different run.
-    recorded_before_the_floor(DecodeConfig(weights="equal", min_weight=0), tmp_path / "paper")
+    # The paper's setting (equal weights, then the default): resumes as weights=equal; the default is another run.
+    recorded_before(DecodeConfig(weights="equal", auto_sharpness=20), tmp_path / "paper")
     assert run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal"), tmp_path / "paper", limit=2, progress=False)
     with pytest.raises(ConfigError, match="config.weights: None now 'auto'"):
         run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "paper", progress=False)
-    # Automatic weights without a floor left every member in: under the default floor it is not the same run.
-    recorded_before_the_floor(DecodeConfig(weights="auto", min_weight=0), tmp_path / "sharp")
-    with pytest.raises(ConfigError, match="config.min_weight: 0.0 now 0.01"):
+    # Sharp automatic weights falling back to the whole prompt: the default reads worked answers only.
+    recorded_before(DecodeConfig(weights="auto", auto_evidence="answers"), tmp_path / "sharp")
+    with pytest.raises(ConfigError, match="config.auto_evidence: 'answers' now 'answers_only'"):
         run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "sharp", progress=False)
-    assert run_eval(task, zoo.ensemble(), DecodeConfig(min_weight=0), tmp_path / "sharp", limit=2, progress=False)
-    # One member alone: neither weights nor the floor matter.
-    recorded_before_the_floor(DecodeConfig(method="single", min_weight=0), tmp_path / "single")
-    assert run_eval(task, zoo.ensemble(), DecodeConfig(method="single"), tmp_path / "single", limit=2, progress=False)
+    cfg = DecodeConfig(auto_evidence="answers")
+    assert run_eval(task, zoo.ensemble(), cfg, tmp_path / "sharp", limit=2, progress=False)["n"] == 2
+    # Automatic weights at the old default sharpness.
+    recorded_before(DecodeConfig(weights="auto", auto_sharpness=20.0), tmp_path / "soft")
+    with pytest.raises(ConfigError, match="config.auto_sharpness: 20.0 now 100.0"):
+        run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "soft", progress=False)
 
 
 def test_automatic_weights_recorded_before_evidence_read_every_worked_answer_are_not_mixed(tmp_path, task, zoo):

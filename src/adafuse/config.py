@@ -57,10 +57,10 @@ class DecodeConfig:
     #: prompt); see decoding/evidence.py.
     auto_evidence: str = "answers_only"
     #: members whose weight is below this fraction of the total sit the request out (neither propose nor score);
-    #: the heaviest member always stays. With sharp automatic weights the others hold ~1e-4 of the vote, yet
-    #: their words still enter the union and can win under the trusted member's own length-normalised score
-    #: (docs/RESULTS.md, trace 7); benching them also saves their prefill and every scoring pass.
-    min_weight: float = 0.01
+    #: the heaviest member always stays. A speed option: with sharp automatic weights the others hold ~1e-4 of the
+    #: vote, and benching them saves their prefill, drafts and scoring passes, but their proposals judged by the
+    #: trusted member win items it loses alone (docs/RESULTS.md, "Defaults"), so the default keeps everyone.
+    min_weight: float = 0.0
     #: "mean": weighted mean NLL (the paper). "confidence": each member's weight is also multiplied by its
     #: top-1 probability at this round's first token, so a member that is sure counts for more. "vote": each
     #: member shares out its weight over the round's candidates in proportion to their probability under it.

@@ -38,9 +38,8 @@ SUMMARY = "summary.json"
 MANIFEST = "run.json"
 LOCK = ".lock"
 #: options whose default differs from what the code did before they existed (automatic weights measured the
-#: whole prompt until ``auto_evidence`` came with the worked-answers default; nobody was benched before
-#: ``min_weight``).
-BEFORE_IT_EXISTED: dict[str, Any] = {"auto_evidence": "prompt", "min_weight": 0.0}
+#: whole prompt until ``auto_evidence`` came with the worked-answers default).
+BEFORE_IT_EXISTED: dict[str, Any] = {"auto_evidence": "prompt"}
 
 #: The metric a task kind is ranked by; the others are reported beside it.
 PRIMARY_METRIC: dict[str, str] = {"qa": "em", "math": "accuracy", "translation": "bleu"}
@@ -224,8 +223,6 @@ def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: 
     cfg["single_member"] = None
     if config.method == "single":
         cfg["weights"] = None
-    if not _floor_can_bench(config, len(models)):
-        cfg["min_weight"] = 0.0  # as runs recorded before the floor existed: it changes nothing here
     identity = {
         "task": task.name,
         "kind": task.kind,
@@ -241,16 +238,6 @@ def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: 
         identity["evidence_read"] = EVIDENCE_READ
     # Through JSON once, so tuples and lists compare equal to what is read back from run.json.
     return json.loads(json.dumps(identity))
-
-
-def _floor_can_bench(config: DecodeConfig, n_members: int) -> bool:
-    """Whether ``min_weight`` can take a member out of this run: with automatic weights, or with given weights of
-    which one is below the floor; never for one member."""
-    if config.method == "single" or n_members < 2 or config.min_weight <= 0:
-        return False
-    if config.auto_weights:
-        return True
-    return min(config.member_weights(n_members)) < config.min_weight
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
