@@ -45,7 +45,10 @@ def main() -> None:
         print(f"+ {name}: {rss_mib()} MiB")
     task = load_task(args.task)
     prompt = task.build_prompt(task.items(limit=1)[0].question)
-    cfg = DecodeConfig(stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed)
+    # The paper's setting, as docs/PERFORMANCE.md measured it (the default adds one evidence read per task).
+    cfg = DecodeConfig(
+        weights="equal", stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed
+    )
     Ensemble(members).generate(prompt, cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     files = sum(os.path.getsize(m.path) for m in members) // 2**20  # type: ignore[attr-defined]

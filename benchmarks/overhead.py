@@ -121,6 +121,12 @@ def main() -> None:
     )
     ap.add_argument("--n-ctx", type=int, default=4096, help="context window per member (the library default)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--weights",
+        default="equal",
+        choices=("equal", "auto"),
+        help="equal: the paper's setting, which docs/PERFORMANCE.md measures; auto: the library's default",
+    )
     args = ap.parse_args()
 
     task = load_task(args.task)
@@ -135,7 +141,9 @@ def main() -> None:
         for m in members:
             m.concurrent = False  # type: ignore[attr-defined]
     ens = Ensemble(members)
-    cfg = DecodeConfig(stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed)
+    cfg = DecodeConfig(
+        weights=args.weights, stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed
+    )
     report: dict[str, Any] = {"task": args.task, "n": len(prompts), "offset": args.offset, "models": specs}
     report["load_seconds"] = load_seconds
     report["n_ctx"] = args.n_ctx
@@ -173,7 +181,7 @@ def main() -> None:
     if args.lengths:
         growth = []
         for budget in (int(x) for x in args.lengths.split(",")):
-            gcfg = DecodeConfig(max_new_tokens=budget)
+            gcfg = DecodeConfig(weights=args.weights, max_new_tokens=budget)
             res = timed(ens, prompts[:3], gcfg)
             growth.append(
                 {

@@ -61,16 +61,21 @@ def main() -> None:
 
     diffs = np.zeros(args.resamples)
     observed = 0.0
+    scores: dict[str, list[float]] = {args.a: [], args.b: []}
     for seed, (task, pairs) in enumerate(paired.items(), start=args.seed):
         kind, metric = TASKS[task]
         golds = [a["gold"] for a, _ in pairs]
         per_method = []
-        for side in (0, 1):
+        for side, label in enumerate((args.a, args.b)):
             preds = [p[side]["prediction"] for p in pairs]
             per_method.append(bootstrap_values(kind, metric, preds, golds, args.resamples, seed))
             # The observed score: the whole corpus, drawn once in order.
-            observed += (1 if side == 0 else -1) * _whole(kind, metric, preds, golds) / len(paired)
+            scores[label].append(_whole(kind, metric, preds, golds))
+            observed += (1 if side == 0 else -1) * scores[label][-1] / len(paired)
         diffs += (per_method[0] - per_method[1]) / len(paired)
+    for label, values in scores.items():
+        shown = ", ".join(f"{task} {v:.1f}" for task, v in zip(paired, values, strict=True))
+        print(f"{label}: {shown}; average {np.mean(values):.2f}")
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     above = float((diffs > 0).mean())
     print(
