@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from adafuse.config import DEFAULTS, METHODS
+from adafuse.config import DEFAULTS, METHODS, NAMED_WEIGHTS
 from adafuse.errors import AdafuseError
 from adafuse.evaluation.commands import (
     BeamOpt,
@@ -66,7 +66,7 @@ def parse_weights(weights: str | None, specs: list[str] | None = None) -> tuple[
     members); not given: the method's default (see ``DecodeConfig.weights``)."""
     if weights is None:
         return "default"
-    if weights.strip() in ("auto", "equal"):
+    if weights.strip() in NAMED_WEIGHTS:
         return weights.strip()
     if weights.endswith(".json"):
         from adafuse.backends import DEFAULT_ENSEMBLE

@@ -13,6 +13,8 @@ Normalisation = Literal["token", "char", "sum", "word"]
 METHODS = ("adafuse", "token", "span", "sample", "single")
 COMBINERS = ("mean", "confidence", "vote")
 AUTO_EVIDENCE = ("answers_only", "answers", "prompt")
+#: weights spelled by name (every interface accepts these; "default" is the field's own default).
+NAMED_WEIGHTS = ("auto", "equal")
 # One wording of the new options for every command line that offers them.
 WEIGHTS_HELP = (
     "Member weights: auto (from each member's likelihood of its prompt's worked answers; adafuse's default), equal "
@@ -112,7 +114,7 @@ class DecodeConfig:
         if self.auto_evidence not in AUTO_EVIDENCE:
             raise ConfigError(f"unknown auto_evidence {self.auto_evidence!r}; choose one of {', '.join(AUTO_EVIDENCE)}")
         if isinstance(self.weights, str):
-            if self.weights not in ("auto", "equal", "default"):
+            if self.weights not in (*NAMED_WEIGHTS, "default"):
                 raise ConfigError(f"weights must be numbers, 'auto' or 'equal', got {self.weights!r}")
             if self.weights == "equal":
                 object.__setattr__(self, "weights", None)

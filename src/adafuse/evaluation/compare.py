@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from adafuse.config import METHODS, DecodeConfig
+from adafuse.config import METHODS, NAMED_WEIGHTS, DecodeConfig
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError
 from adafuse.evaluation import metrics
@@ -54,7 +54,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "word_token_cap": int,
     "max_rounds": int,
     "drop_unfinished": lambda v: _parse_bool(v),
-    "weights": lambda v: v if v in ("auto", "equal") else tuple(float(w) for w in re.split(r"[/:;]", v)),
+    "weights": lambda v: v if v in NAMED_WEIGHTS else tuple(float(w) for w in re.split(r"[/:;]", v)),
     "auto_sharpness": float,
     "auto_evidence": str,
     "min_weight": float,

@@ -61,7 +61,7 @@ from tqdm import tqdm
 from adafuse.backends import DEFAULT_ENSEMBLE
 from adafuse.backends.base import Member
 from adafuse.chat import Message, validate_messages
-from adafuse.config import DecodeConfig
+from adafuse.config import NAMED_WEIGHTS, DecodeConfig
 from adafuse.decoding.loop import OnRound
 from adafuse.decoding.scoring import Key, _plan
 from adafuse.decoding.state import MemberView
@@ -132,7 +132,7 @@ class AdafuseLM(LM):
         self.greedy_rule = greedy
         self.max_gen_toks = _as_int("max_gen_toks", max_gen_toks, 1)
         parsed_weights = _as_list(weights)
-        named = parsed_weights[0] if len(parsed_weights) == 1 and parsed_weights[0] in ("auto", "equal") else None
+        named = parsed_weights[0] if len(parsed_weights) == 1 and parsed_weights[0] in NAMED_WEIGHTS else None
         self.config = DecodeConfig(
             method=method,
             theta=_as_float("theta", theta),

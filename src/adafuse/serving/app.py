@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adafuse.config import METHODS, DecodeConfig
+from adafuse.config import METHODS, NAMED_WEIGHTS, DecodeConfig
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError, MemberError, PromptError
 from adafuse.result import Result, Round
@@ -172,7 +172,7 @@ def _options(body: dict[str, Any], defaults: DecodeConfig, n_members: int) -> tu
             raise _bad(param, f"must be a string, got {value!r}")
         if key == "method" and value not in METHODS:
             raise _bad(param, f"must be one of {list(METHODS)}, got {value!r}")
-        if key == "weights" and value in ("auto", "equal"):
+        if key == "weights" and value in NAMED_WEIGHTS:
             pass
         elif key == "weights":
             if not isinstance(value, list) or not all(_is_num(w) for w in value):
