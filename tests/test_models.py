@@ -29,6 +29,9 @@ BOUNDARY_CASES = [
     ("George V.", "\n"),
     ("The answer is 12", "34."),
     ("Le café", " était crème brûlée"),
+    # Qwen-Coder merges ":\n" (and Gemma ":\n\n"): the prompt's own ":" re-tokenises (docs/RESULTS.md, trace 8).
+    ("Context: ...\nAnswer:", "\n1962"),
+    ("Context: ...\nAnswer:", "\n\n"),
 ]
 
 
@@ -37,22 +40,62 @@ def stepwise(member, ids, start):
     return sum(member.logprobs_of(ids[:j], [ids[j]])[0] for j in range(start, len(ids)))
 
 
+def prefix_mass(member, ctx, token):
+    """log P(the text goes on with ``token``'s text | ctx), summed over the whole vocabulary."""
+    text = member.token_bytes(token)
+    ids = [t for t in range(member.n_vocab) if not member.is_eog(t) and member.token_bytes(t).startswith(text)]
+    return float(np.logaddexp.reduce(member.logprobs_of(ctx, ids)))
+
+
+@pytest.mark.parametrize("heal", [True, False], ids=["healed", "unhealed"])
 @pytest.mark.parametrize(("context", "candidate"), BOUNDARY_CASES)
-def test_boundary_correct_scoring_matches_step_by_step_logprobs(zoo_members, context, candidate):
+def test_boundary_correct_scoring_matches_step_by_step_logprobs(zoo_members, context, candidate, heal):
     views = [MemberView(m, "") for m in zoo_members]
-    state = DecodeState(views, DecodeConfig(normalise="sum"), (1 / 3,) * 3, committed=context)
+    config = DecodeConfig(normalise="sum", token_healing=heal)
+    state = DecodeState(views, config, (1 / 3,) * 3, committed=context)
     cand = Candidate(candidate)
     score_candidates(state, [cand], [])
     for m in zoo_members:
         ctx = m.tokenize(context)
         full = m.tokenize(context + candidate)
         head = next((i for i, (a, b) in enumerate(zip(ctx, full, strict=False)) if a != b), min(len(ctx), len(full)))
-        expected = stepwise(m, full, head) - stepwise(m, ctx, head)
         piece = m.tokenize(candidate, bos=False)
-        if head < len(ctx) or piece != full[head:]:
+        other_spelling = head < len(ctx) or piece != full[head:]
+        extension = stepwise(m, ctx + piece, len(ctx))
+        if head < len(ctx) and heal:
+            # Token healing: both spellings over the probability of the last token's *text* (every token that
+            # starts with it, over the whole vocabulary, as the decoder sums for a local member).
+            mass = prefix_mass(m, ctx[:-1], ctx[-1])
+            canonical = stepwise(m, full, head) - stepwise(m, ctx[:-1], head) - mass
+            expected = float(np.logaddexp(canonical, stepwise(m, ctx, len(ctx) - 1) - mass + extension))
+            assert cand.scores[m.name] == pytest.approx(-expected, abs=1e-4), m.name
+            # The text's probability: never above 1.
+            assert cand.scores[m.name] >= -1e-4, m.name
+            continue
+        expected = stepwise(m, full, head) - stepwise(m, ctx, head)
+        if other_spelling:
             # The same text spelled as the unchanged context plus the candidate's own tokens counts too.
-            expected = float(np.logaddexp(expected, stepwise(m, ctx + piece, len(ctx))))
+            expected = float(np.logaddexp(expected, extension))
         assert cand.scores[m.name] == pytest.approx(-expected, abs=1e-4), m.name
+
+
+def test_without_healing_a_merge_at_the_prompt_boundary_gives_a_negative_nll(zoo_members):
+    # The bias token healing removes (docs/RESULTS.md, trace 8): Qwen-Coder writes ":\n" as one token, so a
+    # candidate starting a new line after "Answer:" was divided by the probability of a lone ":" token.
+    qwen = next(m for m in zoo_members if m.name.startswith("qwen"))
+    context = (
+        "Question: When did the Berlin Wall fall?\nAnswer:\n1989\n\n"
+        "Question: When did Apollo 11 land on the Moon?\nAnswer:\n1969\n\n"
+        "Question: In which year did Yuri Gagarin fly to space?\nAnswer:"
+    )
+    assert qwen.tokenize(context + "\n1962")[: len(qwen.tokenize(context))] != qwen.tokenize(context)
+    scores = {}
+    for heal in (False, True):
+        state = DecodeState([MemberView(qwen, "")], DecodeConfig(token_healing=heal), (1.0,), committed=context)
+        cand = Candidate("\n1962")
+        score_candidates(state, [cand], [])
+        scores[heal] = cand.scores[qwen.name]
+    assert scores[False] < 0 <= scores[True]
 
 
 def test_isolated_tokenisation_would_differ_so_the_boundary_matters(zoo_members):

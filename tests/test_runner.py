@@ -372,6 +372,23 @@ def test_runs_recorded_before_the_default_changed_resume_under_their_new_spellin
         run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "soft", progress=False)
 
 
+def test_runs_recorded_before_token_healing_resume_with_it_off_except_single_models(tmp_path, task, zoo):
+    for method in ("adafuse", "single"):
+        out = tmp_path / method
+        run_eval(task, zoo.ensemble(), DecodeConfig(method=method), out, limit=1, progress=False)
+        manifest = json.loads((out / "run.json").read_text())
+        manifest["identity"]["config"].pop("token_healing")  # the option did not exist yet
+        (out / "run.json").write_text(json.dumps(manifest))
+        if method == "adafuse":
+            # Its scores divided by the lone token: another run than today's default.
+            with pytest.raises(ConfigError, match="config.token_healing: False now True"):
+                run_eval(task, zoo.ensemble(), DecodeConfig(), out, progress=False)
+            cfg = DecodeConfig(token_healing=False)
+        else:
+            cfg = DecodeConfig(method="single")  # a single model scores nothing: the option changes nothing
+        assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
+
+
 def test_automatic_weights_recorded_before_evidence_read_every_worked_answer_are_not_mixed(tmp_path, task, zoo):
     out = tmp_path / "run"
     run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, limit=1, progress=False)
@@ -482,6 +499,7 @@ def test_method_labels_parse_into_config_overrides():
     assert parse_label("span").config(base, names).method == "span"
     cfg = parse_label("token@max-words=2,weights=1/2/1,normalize=char").config(base, names)
     assert (cfg.max_words, cfg.weights, cfg.normalise) == (2, (1.0, 2.0, 1.0), "char")
+    assert parse_label("adafuse@token_healing=off").config(base, names).token_healing is False
     assert parse_label("single:gemma3-270m").dirname == "single:gemma3-270m"
     assert MethodSpec("a/b c", "adafuse").dirname == "a_b_c"  # never a path separator
 
@@ -498,6 +516,7 @@ def test_method_labels_parse_into_config_overrides():
         ("adafuse:1", "only 'single' takes a member"),
         ("single:", "nothing after ':'"),
         ("adafuse@theta=0.5,theta=0.6", "theta given twice"),
+        ("adafuse@token_healing=maybe", "bad value 'maybe' for token_healing"),
     ],
 )
 def test_bad_labels_are_refused_with_the_reason(label, message):

@@ -72,6 +72,10 @@ class DecodeConfig:
     granularity: str = "word"
     granularity_policy: GranularityPolicy = field(default_factory=GranularityPolicy)
     normalise: Normalisation = "token"
+    #: score a candidate that re-tokenises the context's last token against the probability of that token's
+    #: *text* (any token starting with it), not of the token alone (decoding/scoring.py; docs/RESULTS.md, trace
+    #: 8). Off reproduces runs recorded before it existed.
+    token_healing: bool = True
     max_new_tokens: int = 64
     max_rounds: int | None = None
     stop: tuple[str, ...] = ()
@@ -97,6 +101,8 @@ class DecodeConfig:
         _at_least("top_k", self.top_k, 2)
         if self.max_rounds is not None:
             _at_least("max_rounds", self.max_rounds, 1)
+        if not isinstance(self.token_healing, bool):
+            raise ConfigError(f"token_healing must be true or false, got {self.token_healing!r}")
         if self.normalise not in ("token", "char", "sum", "word"):
             raise ConfigError(f"normalise must be token, char, sum or word, got {self.normalise!r}")
         if self.combiner not in COMBINERS:

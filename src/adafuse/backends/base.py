@@ -7,7 +7,9 @@ context as token ids; a member keeps a prefix cache so that a context that only 
 
 from __future__ import annotations
 
+import bisect
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -58,7 +60,9 @@ class Member(Protocol):
 
     Optional beyond this protocol: ``next_tokens(contexts, k) -> list[TopK]``, ``next_token`` for several contexts
     of one length that share a prefix in one call; a member that has it walks an uncertain round's branches in
-    lockstep (``decoding.proposals.write_drafts``).
+    lockstep (``decoding.proposals.write_drafts``). ``n_vocab``, the number of token ids, for a member that can
+    read every token's text cheaply (local engines): token healing then sums over the whole vocabulary
+    (:func:`tokens_starting_with`).
     """
 
     name: str
@@ -152,3 +156,33 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+class _VocabularyIndex:
+    """A member's token texts in sorted order, so that the tokens starting with a text are one contiguous run."""
+
+    def __init__(self, member: Member, n_vocab: int) -> None:
+        pairs = sorted((member.token_bytes(t), t) for t in range(n_vocab) if not member.is_eog(t))
+        self.texts = [text for text, _ in pairs if text]
+        self.ids = [t for text, t in pairs if text]
+
+    def starting_with(self, text: bytes) -> list[int]:
+        start = end = bisect.bisect_left(self.texts, text)
+        while end < len(self.texts) and self.texts[end].startswith(text):
+            end += 1
+        return self.ids[start:end]
+
+
+_INDEXES: weakref.WeakKeyDictionary[Member, _VocabularyIndex] = weakref.WeakKeyDictionary()
+
+
+def tokens_starting_with(member: Member, text: bytes) -> list[int] | None:
+    """Every ordinary token of ``member`` whose text starts with ``text``; None for a member without ``n_vocab``
+    (a remote engine, whose token texts cost a request each). The index is built on first use, once per member."""
+    n_vocab = getattr(member, "n_vocab", None)
+    if not isinstance(n_vocab, int):
+        return None
+    index = _INDEXES.get(member)
+    if index is None:
+        index = _INDEXES[member] = _VocabularyIndex(member, n_vocab)
+    return index.starting_with(text)

@@ -54,6 +54,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "word_token_cap": int,
     "max_rounds": int,
     "drop_unfinished": lambda v: _parse_bool(v),
+    "token_healing": lambda v: _parse_bool(v),
     "weights": lambda v: v if v in NAMED_WEIGHTS else tuple(float(w) for w in re.split(r"[/:;]", v)),
     "auto_sharpness": float,
     "auto_evidence": str,

@@ -38,8 +38,11 @@ SUMMARY = "summary.json"
 MANIFEST = "run.json"
 LOCK = ".lock"
 #: options whose default differs from what the code did before they existed (automatic weights measured the
-#: whole prompt until ``auto_evidence`` came with the worked-answers default).
-BEFORE_IT_EXISTED: dict[str, Any] = {"auto_evidence": "prompt"}
+#: whole prompt until ``auto_evidence`` came with the worked-answers default; candidates were scored without
+#: token healing).
+BEFORE_IT_EXISTED: dict[str, Any] = {"auto_evidence": "prompt", "token_healing": False}
+#: options that change nothing for some methods: a run of those methods is the same run whatever they say.
+NO_EFFECT: dict[str, set[str]] = {"token_healing": {"single"}}
 
 #: The metric a task kind is ranked by; the others are reported beside it.
 PRIMARY_METRIC: dict[str, str] = {"qa": "em", "math": "accuracy", "translation": "bleu"}
@@ -257,6 +260,8 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
                     continue  # an option since removed, recorded switched off: it changed nothing
                 if field.startswith("auto_") and "auto" not in (old.get("weights"), value.get("weights")):
                     continue  # options of automatic weights change nothing without them
+                if value.get("method") in NO_EFFECT.get(field, ()):
+                    continue
                 was, now = old.get(field, defaults.get(field)), value.get(field, defaults.get(field))
                 if was != now:
                     diffs.append(f"config.{field}: {was!r} now {now!r}")

@@ -7,12 +7,14 @@ defined on strings and computed by each member in its own tokens:
 ``loglikelihood``
     ``LL(x | c) = sum_m w_m * LL_m(x | c)``: the weighted mean (weights normalised to sum to one; equal by
     default) of each member's log-probability of the continuation *text* ``x`` after the context *text* ``c``.
-    ``LL_m`` is computed exactly as the decoder scores a candidate (:func:`adafuse.decoding.scoring._plan`), but
-    summed rather than normalised: the tokens of ``tok_m(c + x)`` beyond the prefix they share with
-    ``tok_m(c)``, minus the log-probability of the context's own re-tokenised tail when the tokenizer merges
-    across the boundary, and log-added to the probability of ``x``'s own tokens appended to the unchanged
-    context when that spelling differs. ``x`` is never tokenised on its own. A member whose tokenizer adds no
-    BOS conditions an empty context on its end token, as lm-eval's Hugging Face model does.
+    ``LL_m`` is computed exactly as the decoder scores a candidate
+    (:func:`adafuse.decoding.scoring.member_logprobs`), but summed rather than normalised: the tokens of
+    ``tok_m(c + x)`` beyond the prefix they share with ``tok_m(c)``, minus the log-probability of the context's
+    own re-tokenised tail when the tokenizer merges across the boundary (of the tail's *text*, through any token
+    that starts with it: token healing, unless ``token_healing=false``), and log-added to the probability of
+    ``x``'s own tokens appended to the unchanged context when that spelling differs. ``x`` is never tokenised on
+    its own. A member whose tokenizer adds no BOS conditions an empty context on its end token, as lm-eval's
+    Hugging Face model does.
 ``is_greedy`` (``greedy=`` model argument)
     * ``members`` (default): true when *every* member's own greedy decoding (argmax token by token in its own
       tokenizer, from its own tokenisation of ``c``) writes text that begins with ``x``, compared as UTF-8
@@ -63,7 +65,7 @@ from adafuse.backends.base import Member
 from adafuse.chat import Message, validate_messages
 from adafuse.config import NAMED_WEIGHTS, DecodeConfig
 from adafuse.decoding.loop import OnRound
-from adafuse.decoding.scoring import Key, _plan
+from adafuse.decoding.scoring import member_logprobs
 from adafuse.decoding.state import MemberView
 from adafuse.errors import ConfigError, PromptError
 from adafuse.result import Candidate, Result
@@ -97,7 +99,7 @@ class AdafuseLM(LM):
     ``models`` (comma-separated specs, default the built-ins; on the 0.4.13 command line write
     ``models=[a,b]`` or JSON, since its parser splits on every comma), ``method``, ``theta``, ``max_words``,
     ``beam``, ``weights`` (numbers, ``auto`` or ``equal``), ``granularity``, ``combiner``, ``normalise``, ``n_ctx``,
-    ``threads``, ``greedy`` (members | ensemble | none),
+    ``threads``, ``greedy`` (members | ensemble | none), ``token_healing`` (true | false),
     ``max_gen_toks`` (default budget when a task gives none). ``ensemble=`` (Python only) uses an already
     loaded :class:`~adafuse.Ensemble`, which the model then does not close.
     """
@@ -113,6 +115,7 @@ class AdafuseLM(LM):
         normalise: str = "token",
         granularity: str = "word",
         combiner: str = "mean",
+        token_healing: bool | str = True,
         n_ctx: int | str = 4096,
         threads: int | str | None = None,
         greedy: str = "members",
@@ -125,7 +128,7 @@ class AdafuseLM(LM):
         if unknown:
             raise ConfigError(
                 f"unknown adafuse model argument(s) {unknown}; known: models, method, theta, max_words, beam, "
-                "weights, granularity, combiner, normalise, n_ctx, threads, greedy, max_gen_toks"
+                "weights, granularity, combiner, normalise, token_healing, n_ctx, threads, greedy, max_gen_toks"
             )
         if greedy not in GREEDY_RULES:
             raise ConfigError(f"greedy must be one of {', '.join(GREEDY_RULES)}, got {greedy!r}")
@@ -142,6 +145,7 @@ class AdafuseLM(LM):
             normalise=normalise,  # type: ignore[arg-type]  # DecodeConfig validates it
             granularity=granularity,
             combiner=combiner,
+            token_healing=_as_bool("token_healing", token_healing),
         )
         if ensemble is None:
             from adafuse.ensemble import Ensemble
@@ -246,7 +250,7 @@ class AdafuseLM(LM):
             prompts = self._member_prompts(context)
             for m, (member, prompt) in enumerate(zip(members, prompts, strict=True)):
                 view = _view(member, prompt)
-                for i, ll in zip(idxs, _member_loglikelihoods(view, conts), strict=True):
+                for i, ll in zip(idxs, _member_loglikelihoods(view, conts, self.config.token_healing), strict=True):
                     lls[m][i] = ll
                 if self.greedy_rule == "members" and any(greedy[i] for i in idxs):
                     written = _member_greedy_bytes(member, view.ids(""), conts)
@@ -392,7 +396,7 @@ def _view(member: Member, prompt: MemberPrompt) -> MemberView:
     return view
 
 
-def _member_loglikelihoods(view: MemberView, conts: Sequence[str]) -> list[float]:
+def _member_loglikelihoods(view: MemberView, conts: Sequence[str], heal: bool = True) -> list[float]:
     """One member's log-probability of each continuation after the view's prompt (the decoder's scoring plan,
     summed instead of normalised). All of one context's requests go to the member in one ``score`` call."""
     member = view.member
@@ -404,14 +408,10 @@ def _member_loglikelihoods(view: MemberView, conts: Sequence[str]) -> list[float
                 f"member {member.name!r}: context and continuation are {n} tokens, over its window of "
                 f"{member.n_ctx} (raise n_ctx)"
             )
-    plans = [_plan(view, ctx, "", Candidate(text=cont)) for cont in conts]
-    keys: list[Key] = list(dict.fromkeys(key for plan in plans for key in plan.needed()))
     # As at the start of a generation: the context is evaluated the same way whatever was scored before, so a
     # request's numbers do not depend on its neighbours in the run.
     member.prefill(ctx)
-    scored = member.score([(ctx[:head], list(toks)) for head, toks in keys])
-    lp = {key: math.fsum(vals) for key, vals in zip(keys, scored, strict=True)}
-    return [plan.logprob(lp) for plan in plans]
+    return [lp for lp, _ in member_logprobs(view, ctx, "", [Candidate(text=cont) for cont in conts], heal)]
 
 
 def _still_matching(written: bytes, targets: Sequence[bytes]) -> bool:
@@ -539,6 +539,17 @@ def _as_int(name: str, value: object, low: int) -> int:
     if number < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     return number
+
+
+def _as_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def _as_float(name: str, value: object) -> float:

@@ -61,6 +61,7 @@ ADAFUSE_OPTIONS = {
     "auto_sharpness": float,
     "auto_evidence": str,
     "min_weight": float,
+    "token_healing": bool,
     "trace": bool,
 }
 #: OpenAI fields a greedy ensemble accepts and ignores: sampling knobs have nothing to act on.
