@@ -380,6 +380,29 @@ def test_ensemble_with_a_remote_member_writes_what_the_local_ensemble_writes(rem
 
 
 @pytest.mark.models
+def test_a_remote_member_heals_the_boundary_from_its_top_tokens(remote, zoo_members):
+    """SmolLM2 writes ")" + ":" as one token "):". A remote member cannot list its vocabulary, so its prefix mass
+    of ")" sums the engine's top tokens and the candidates' first tokens: a lower bound of the local member's
+    exact sum, so its NLL is at most the local one, and never negative."""
+    from adafuse.decoding.scoring import score_candidates
+    from adafuse.result import Candidate
+
+    context = "The results are in the first table (see above)"
+    local = zoo_members[0]
+    ctx = local.tokenize(context)
+    assert local.tokenize(context + ":")[: len(ctx)] != ctx  # the merge this test is about
+    scores = []
+    for member in (remote, local):
+        state = DecodeState([MemberView(member, "")], DecodeConfig(), (1.0,), committed=context)
+        cands = [Candidate(":"), Candidate(", and")]
+        score_candidates(state, cands, [])
+        scores.append([c.scores[member.name] for c in cands])
+    for served, exact in zip(*scores, strict=True):
+        assert -1e-5 <= served <= exact + 1e-5
+        assert served == pytest.approx(exact, abs=0.05), (served, exact)  # the top tokens hold most of the mass
+
+
+@pytest.mark.models
 def test_proposals_of_remote_and_local_members_run_concurrently_with_the_same_result(remote, zoo_members):
     from adafuse.decoding.adafuse import first_step, propose
     from adafuse.decoding.granularity import word_unit
