@@ -302,3 +302,49 @@ def test_the_token_cap_applies_to_each_word_of_a_confident_span():
     res = Ensemble([member]).generate("Q:", DecodeConfig(max_words=3, word_token_cap=5, max_rounds=1))
     # Confident, so it may write up to 3 words - but one word may not run past 5 tokens.
     assert res.rounds[0].committed == " Jacques" + "-Henri" * 4
+
+
+class ListedMember(ScriptedMember):
+    """A scripted member that can list its vocabulary, as a local engine can: token healing sums over all of it."""
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.vocab)
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["whole-vocabulary", "top-k"])
+def test_token_healing_divides_by_the_probability_of_the_last_tokens_text(listed):
+    from adafuse.decoding.scoring import score_candidates
+    from adafuse.decoding.state import DecodeState, MemberView
+    from adafuse.result import Candidate
+
+    # "Answer:" + "\nX" re-tokenises the prompt's ":" into ":\n". After "Answer" the member writes ":\n" (0.6),
+    # ": " (0.3) and a lone ":" (0.05); "::" (0.0001) is below every unscripted token (about 0.0006 each).
+    rows = {"Answer": {":\n": 0.6, ": ": 0.3, ":": 0.05, "::": 0.0001}, "Answer:\n": {"X": 0.5}, "Answer:": {"\n": 0.2}}
+    kind = ListedMember if listed else ScriptedMember
+    c = kind("c", ["Answer", ":", ":\n", ": ", "::", "\n", "X"], table(rows))
+    scores = {}
+    for heal in (True, False):
+        state = DecodeState([MemberView(c, "")], DecodeConfig(normalise="sum", token_healing=heal), (1.0,))
+        state.committed = "Answer:"
+        cand = Candidate("\nX")
+        score_candidates(state, [cand], [])
+        scores[heal] = cand.scores["c"]
+    # Both spellings of the text (":\n" "X", and ":" "\n" "X") over every token that starts with ":". The top-k
+    # path reads the member's 20 most likely tokens, where "::" is not; the whole vocabulary has it.
+    mass = 0.6 + 0.3 + 0.05 + (0.0001 if listed else 0.0)
+    assert scores[True] == pytest.approx(-math.log((0.6 * 0.5 + 0.05 * 0.2 * 0.5) / mass))
+    assert scores[True] >= 0
+    # Unhealed, the merged spelling was divided by the lone ":" alone: a negative NLL, the bias of trace 8.
+    assert scores[False] == pytest.approx(-math.log(0.6 * 0.5 / 0.05 + 0.2 * 0.5))
+    assert scores[False] < 0
+
+
+def test_the_vocabulary_index_finds_every_token_starting_with_a_text():
+    from adafuse.backends.base import tokens_starting_with
+
+    c = ListedMember("c", ["Answer", ":", ":\n", ": ", "::", "\n"], table({}))
+    found = {c.vocab[t] for t in tokens_starting_with(c, b":")}
+    assert found == {":", ":\n", ": ", "::"}
+    assert tokens_starting_with(c, b"Answer!") == []
+    assert tokens_starting_with(ScriptedMember("s", [":"], table({})), b":") is None  # cannot list: None
