@@ -365,3 +365,32 @@ def test_whole_prompt_evidence_needs_the_same_text_for_every_member():
     cfg = DecodeConfig(max_words=1, beam=1, auto_evidence="prompt")
     res = Ensemble([a, b]).generate([{"role": "user", "content": "Q"}], cfg, chat=True)
     assert res.telemetry.evidence is None and res.telemetry.weights == {"a": 0.5, "b": 0.5}
+
+
+# One member, unsure between " Rome" (one token, 0.4) and " Romania" (" Ro" 0.35, then "man" and "ia", both 0.99).
+ROME_OR_ROMANIA = {
+    "": {" Rome": 0.4, " Ro": 0.35},
+    " Ro": {"man": 0.99},
+    " Roman": {"ia": 0.99},
+    " Romania": {EOS: 0.99},
+    " Rome": {EOS: 0.99},
+}
+
+
+def test_auto_normalisation_judges_words_by_their_probability_when_evidence_weights_are_in_force():
+    m = ScriptedMember("m", [" Rome", " Ro", "man", "ia"], table(ROME_OR_ROMANIA), prompt="Q:")
+    m.prompt_logprob = -2.0
+    ens = Ensemble([m])
+    # Evidence weights (here from the whole prompt): the first word's total probability, 0.4 against 0.35.
+    res = ens.generate("Q:", DecodeConfig(beam=2, auto_evidence="prompt"))
+    assert res.telemetry.evidence == "prompt" and res.telemetry.normalise == "word" and res.text == " Rome"
+    # The per-token mean prefers the word of three tokens whose later tokens are easy: (1.05 + 0.02) / 3 < 0.92.
+    res = ens.generate("Q:", DecodeConfig(beam=2, auto_evidence="prompt", normalise="token"))
+    assert res.telemetry.normalise == "token" and res.text == " Romania"
+    # No worked answers, so no evidence: the paper's per-token mean; and so for the baselines and fixed weights.
+    res = ens.generate("Q:", DecodeConfig(beam=2))
+    assert res.telemetry.evidence is None and res.telemetry.normalise == "token" and res.text == " Romania"
+    assert DecodeConfig().to_dict()["normalise"] == "auto"  # decided per request: it depends on the prompt
+    for cfg in (DecodeConfig(beam=2, weights="equal"), DecodeConfig(method="span")):
+        assert ens.generate("Q:", cfg).telemetry.normalise == "token"
+        assert cfg.to_dict()["normalise"] == "token"  # recorded as it always is: runs from before match

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from adafuse.decoding.granularity import GRANULARITIES, GranularityPolicy
 from adafuse.errors import ConfigError
 
-Normalisation = Literal["token", "char", "sum", "word"]
+Normalisation = Literal["auto", "token", "char", "sum", "word"]
+NORMALISATIONS = ("auto", "token", "char", "sum", "word")
 METHODS = ("adafuse", "token", "span", "sample", "single")
 COMBINERS = ("mean", "confidence", "vote")
 AUTO_EVIDENCE = ("answers_only", "answers", "prompt")
@@ -71,7 +72,12 @@ class DecodeConfig:
     #: chooses token / word / sentence / paragraph per round from the signals in decoding/granularity.py.
     granularity: str = "word"
     granularity_policy: GranularityPolicy = field(default_factory=GranularityPolicy)
-    normalise: Normalisation = "token"
+    #: how a member's NLL of a candidate is normalised: "token" (per token, the paper), "char", "sum" or "word"
+    #: (the first word's total probability). "auto": "word" when evidence weights are in force (adafuse with
+    #: ``weights="auto"`` and worked answers to weigh by), so the member they trust judges words by their
+    #: probability, not by a per-token mean that favours words of many easy tokens; "token" otherwise, where
+    #: several members vote and "word" would favour the short words they agree on (docs/RESULTS.md, "Defaults").
+    normalise: Normalisation = "auto"
     #: score a candidate that re-tokenises the context's last token against the probability of that token's
     #: *text* (any token starting with it), not of the token alone (decoding/scoring.py; docs/RESULTS.md, trace
     #: 8). Off reproduces runs recorded before it existed.
@@ -103,8 +109,8 @@ class DecodeConfig:
             _at_least("max_rounds", self.max_rounds, 1)
         if not isinstance(self.token_healing, bool):
             raise ConfigError(f"token_healing must be true or false, got {self.token_healing!r}")
-        if self.normalise not in ("token", "char", "sum", "word"):
-            raise ConfigError(f"normalise must be token, char, sum or word, got {self.normalise!r}")
+        if self.normalise not in NORMALISATIONS:
+            raise ConfigError(f"normalise must be auto, token, char, sum or word, got {self.normalise!r}")
         if self.combiner not in COMBINERS:
             raise ConfigError(f"unknown combiner {self.combiner!r}; choose one of {', '.join(COMBINERS)}")
         if self.granularity not in GRANULARITIES:
@@ -145,6 +151,12 @@ class DecodeConfig:
     def auto_weights(self) -> bool:
         return self.resolved_weights == "auto" and self.method != "single"
 
+    def normalise_for(self, evidence: bool) -> str:
+        """The normalisation a request uses; ``evidence``: its weights came from the evidence of its prompt."""
+        if self.normalise != "auto":
+            return self.normalise
+        return "word" if evidence and self.method == "adafuse" else "token"
+
     def member_weights(self, n_members: int) -> tuple[float, ...]:
         """Weights normalised to sum to one; equal unless given ("auto" starts equal, see decoding/evidence.py)."""
         weights = self.resolved_weights
@@ -156,11 +168,14 @@ class DecodeConfig:
         return tuple(w / total for w in weights)
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as plain data, with the weights resolved (what a run recorded, see ``resolved_weights``)."""
+        """The options as plain data, with the weights resolved (what a run recorded, see ``resolved_weights``), and
+        the normalisation where it does not depend on the request."""
         d = asdict(self)
         d["stop"] = list(self.stop)
         weights = self.resolved_weights
         d["weights"] = weights if weights is None or isinstance(weights, str) else list(weights)
+        if self.normalise == "auto" and not (self.auto_weights and self.method == "adafuse"):
+            d["normalise"] = "token"  # what "auto" always is without evidence weights
         return d
 
 

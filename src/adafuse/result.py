@@ -74,6 +74,8 @@ class Telemetry:
     prompt_nll: dict[str, float] = field(default_factory=dict)
     #: what that NLL was measured on: "answers" (the prompt's worked answers) or "prompt" (all of it).
     evidence: str | None = None
+    #: the normalisation the candidates' scores used (``normalise="auto"`` resolved).
+    normalise: str = ""
 
     @property
     def tokens_evaluated(self) -> int:

@@ -47,7 +47,7 @@ def score_candidates(
     state: DecodeState, candidates: list[Candidate], drafts: list[Draft], normalise: str | None = None
 ) -> None:
     """Fill ``candidate.scores`` (member -> normalised NLL) and ``candidate.combined`` for every candidate."""
-    mode = normalise or state.config.normalise
+    mode = normalise or state.normalise
     # "word": every candidate is judged by the probability of its first word (the unit of fusion), so a one-word
     # candidate and a long span, or a runaway word whose later tokens are easy, compete on equal terms.
     targets = [first_word(c) for c in candidates] if mode == "word" else candidates
