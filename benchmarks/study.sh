@@ -10,7 +10,9 @@ set -euo pipefail
 out="${1:?usage: study.sh OUT_DIR [PART]}"
 part="${2:-all}"
 base=(--threads "${THREADS:-1}" --n-ctx 4096)
-# adafuse: the default (evidence weights from worked answers); adafuse@weights=equal: the paper's setting.
+# adafuse: the default (evidence weights from worked answers, candidates judged by their first word's probability
+# under them, token healing); adafuse@weights=equal: the paper's setting (with token healing). Runs recorded before
+# token healing are recognised under these labels plus token_healing=off (docs/RESULTS.md, "Labels").
 methods="single:0,single:1,single:2,adafuse,adafuse@weights=equal,token,span,sample"
 # Long outputs (translation, maths) cost minutes per item for the one-token-per-round baseline on 2 cores.
 long_methods="${LONG_METHODS:-single:0,single:1,single:2,adafuse,adafuse@weights=equal,span,sample}"
