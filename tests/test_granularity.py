@@ -381,16 +381,19 @@ def test_auto_normalisation_judges_words_by_their_probability_when_evidence_weig
     m = ScriptedMember("m", [" Rome", " Ro", "man", "ia"], table(ROME_OR_ROMANIA), prompt="Q:")
     m.prompt_logprob = -2.0
     ens = Ensemble([m])
+    auto = DecodeConfig(beam=2, auto_evidence="prompt", normalise="auto")
     # Evidence weights (here from the whole prompt): the first word's total probability, 0.4 against 0.35.
-    res = ens.generate("Q:", DecodeConfig(beam=2, auto_evidence="prompt"))
+    res = ens.generate("Q:", auto)
     assert res.telemetry.evidence == "prompt" and res.telemetry.normalise == "word" and res.text == " Rome"
-    # The per-token mean prefers the word of three tokens whose later tokens are easy: (1.05 + 0.02) / 3 < 0.92.
-    res = ens.generate("Q:", DecodeConfig(beam=2, auto_evidence="prompt", normalise="token"))
+    # The per-token mean (the default) prefers the word of three tokens whose later tokens are easy:
+    # (1.05 + 0.02) / 3 < 0.92.
+    res = ens.generate("Q:", DecodeConfig(beam=2, auto_evidence="prompt"))
+    assert DecodeConfig().normalise == "token"
     assert res.telemetry.normalise == "token" and res.text == " Romania"
-    # No worked answers, so no evidence: the paper's per-token mean; and so for the baselines and fixed weights.
-    res = ens.generate("Q:", DecodeConfig(beam=2))
+    # No worked answers, so no evidence: "auto" is the paper's per-token mean; and so for the baselines.
+    res = ens.generate("Q:", replace(auto, auto_evidence="answers_only"))
     assert res.telemetry.evidence is None and res.telemetry.normalise == "token" and res.text == " Romania"
-    assert DecodeConfig().to_dict()["normalise"] == "auto"  # decided per request: it depends on the prompt
-    for cfg in (DecodeConfig(beam=2, weights="equal"), DecodeConfig(method="span")):
+    assert auto.to_dict()["normalise"] == "auto"  # decided per request: it depends on the prompt
+    for cfg in (replace(auto, weights="equal"), replace(auto, method="span")):
         assert ens.generate("Q:", cfg).telemetry.normalise == "token"
-        assert cfg.to_dict()["normalise"] == "token"  # recorded as it always is: runs from before match
+        assert cfg.to_dict()["normalise"] == "token"  # what "auto" always is there

@@ -74,10 +74,11 @@ class DecodeConfig:
     granularity_policy: GranularityPolicy = field(default_factory=GranularityPolicy)
     #: how a member's NLL of a candidate is normalised: "token" (per token, the paper), "char", "sum" or "word"
     #: (the first word's total probability). "auto": "word" when evidence weights are in force (adafuse with
-    #: ``weights="auto"`` and worked answers to weigh by), so the member they trust judges words by their
-    #: probability, not by a per-token mean that favours words of many easy tokens; "token" otherwise, where
-    #: several members vote and "word" would favour the short words they agree on (docs/RESULTS.md, "Defaults").
-    normalise: Normalisation = "auto"
+    #: ``weights="auto"`` and worked answers to weigh by), "token" otherwise. Measured and not the default: it
+    #: gives the trusted member's own word choices back on the QA tasks, but on GSM8K, where a "word" is a whole
+    #: formula, it favours short ones and loses problems the member solves alone (docs/RESULTS.md, "Seventh
+    #: session").
+    normalise: Normalisation = "token"
     #: score a candidate that re-tokenises the context's last token against the probability of that token's
     #: *text* (any token starting with it), not of the token alone (decoding/scoring.py; docs/RESULTS.md, trace
     #: 8). Off reproduces runs recorded before it existed.

@@ -112,7 +112,7 @@ class AdafuseLM(LM):
         max_words: int | str = 3,
         beam: int | str = 3,
         weights: str | Sequence[float] | None = None,
-        normalise: str = "auto",
+        normalise: str = "token",
         granularity: str = "word",
         combiner: str = "mean",
         token_healing: bool | str = True,
