@@ -180,6 +180,16 @@ class DecodeConfig:
         return d
 
 
+def parse_bool(value: str) -> bool:
+    """A boolean option written as text (method labels, lm-eval model arguments); ValueError otherwise."""
+    low = value.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
 def _at_least(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from adafuse.config import METHODS, NAMED_WEIGHTS, DecodeConfig
+from adafuse.config import METHODS, NAMED_WEIGHTS, DecodeConfig, parse_bool
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError
 from adafuse.evaluation import metrics
@@ -53,8 +53,8 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "top_k": int,
     "word_token_cap": int,
     "max_rounds": int,
-    "drop_unfinished": lambda v: _parse_bool(v),
-    "token_healing": lambda v: _parse_bool(v),
+    "drop_unfinished": parse_bool,
+    "token_healing": parse_bool,
     "weights": lambda v: v if v in NAMED_WEIGHTS else tuple(float(w) for w in re.split(r"[/:;]", v)),
     "auto_sharpness": float,
     "auto_evidence": str,
@@ -64,15 +64,6 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "single_member": lambda v: v,  # index or name; resolved against the member names later
 }
 _DIR_SAFE = re.compile(r"[^A-Za-z0-9._@=,:+-]")
-
-
-def _parse_bool(value: str) -> bool:
-    low = value.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ from tqdm import tqdm
 from adafuse.backends import DEFAULT_ENSEMBLE
 from adafuse.backends.base import Member
 from adafuse.chat import Message, validate_messages
-from adafuse.config import NAMED_WEIGHTS, DecodeConfig
+from adafuse.config import NAMED_WEIGHTS, DecodeConfig, parse_bool
 from adafuse.decoding.loop import OnRound
 from adafuse.decoding.scoring import member_logprobs
 from adafuse.decoding.state import MemberView
@@ -544,12 +544,10 @@ def _as_int(name: str, value: object, low: int) -> int:
 def _as_bool(name: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
-    low = str(value).strip().lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {value!r}")
+    try:
+        return parse_bool(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be true or false, got {value!r}") from None
 
 
 def _as_float(name: str, value: object) -> float:
