@@ -26,7 +26,7 @@ SHARPNESS_HELP = (
 )
 MIN_WEIGHT_HELP = (
     "Members whose weight (after --weights auto, the evidence weights) is below this sit the request out: they "
-    "neither propose nor score. 0 keeps everyone."
+    "neither propose nor score; a member left alone writes its own greedy answer. 0 keeps everyone."
 )
 N_CTX_HELP = "Longest context per member, in its tokens (llama.cpp grows the KV cache to it as requests need)."
 GRANULARITY_HELP = "Fusion unit per round: word (the paper), adaptive, token, sentence or paragraph."
@@ -60,10 +60,17 @@ class DecodeConfig:
     #: prompt); see decoding/evidence.py.
     auto_evidence: str = "answers_only"
     #: members whose weight is below this fraction of the total sit the request out (neither propose nor score);
-    #: the heaviest member always stays. A speed option: with sharp automatic weights the others hold ~1e-4 of the
-    #: vote, and benching them saves their prefill, drafts and scoring passes, but their proposals judged by the
-    #: trusted member win items it loses alone (docs/RESULTS.md, "Defaults"), so the default keeps everyone.
-    min_weight: float = 0.0
+    #: the heaviest member always stays. At the default sharpness 0.05 benches a member about 0.03 nats per byte
+    #: behind the best on the evidence. The evidence can rule a member out; its proposals, judged by the trusted
+    #: member, then lost more items than they won (docs/RESULTS.md, "Eighth session"), and benching makes the
+    #: request as cheap as one member's. Equal or given weights this far apart are rare, so without evidence
+    #: everyone stays.
+    min_weight: float = 0.05
+    #: what a member left voting alone (the others benched or dropped, or an ensemble of one) does: False writes
+    #: its greedy answer, as ``single`` does; True keeps AdaFuse's round, branching at its uncertain tokens and
+    #: judging its own branches by itself, which the per-token score biases towards words of many easy tokens
+    #: (docs/RESULTS.md, trace 9).
+    solo_branching: bool = False
     #: "mean": weighted mean NLL (the paper). "confidence": each member's weight is also multiplied by its
     #: top-1 probability at this round's first token, so a member that is sure counts for more. "vote": each
     #: member shares out its weight over the round's candidates in proportion to their probability under it.
@@ -108,8 +115,9 @@ class DecodeConfig:
         _at_least("top_k", self.top_k, 2)
         if self.max_rounds is not None:
             _at_least("max_rounds", self.max_rounds, 1)
-        if not isinstance(self.token_healing, bool):
-            raise ConfigError(f"token_healing must be true or false, got {self.token_healing!r}")
+        for name in ("token_healing", "solo_branching"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.normalise not in NORMALISATIONS:
             raise ConfigError(f"normalise must be auto, token, char, sum or word, got {self.normalise!r}")
         if self.combiner not in COMBINERS:

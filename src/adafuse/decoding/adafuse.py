@@ -3,12 +3,14 @@
 Confident members (top-1 margin >= theta) write up to the round's unit (``max_words`` words in the paper's
 setting) while they stay confident; uncertain members branch on their top-B first tokens, one word each. All
 distinct candidates are scored by every member and the lowest weighted mean NLL wins. When every member proposes
-the same single string, scoring cannot change the choice, so it is skipped (the fast path).
+the same single string, scoring cannot change the choice, so it is skipped (the fast path). A member left voting
+alone has no one to judge its branches, so it writes its greedy answer (``solo_branching`` keeps the round).
 """
 
 from __future__ import annotations
 
 from adafuse.backends.base import Step, TopK
+from adafuse.decoding.baselines import single_round
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.proposals import DraftWriter, write_drafts
@@ -19,6 +21,8 @@ from adafuse.result import Proposal, Round
 
 def adafuse_round(state: DecodeState, index: int) -> Round:
     cfg = state.config
+    if len(state.active) == 1 and not cfg.solo_branching:
+        return single_round(state, index)
     firsts: dict[int, TopK] = {}
     if cfg.granularity == "adaptive":
         # The unit depends on every member's first distribution, so those are read before anyone drafts.

@@ -55,6 +55,7 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "max_rounds": int,
     "drop_unfinished": parse_bool,
     "token_healing": parse_bool,
+    "solo_branching": parse_bool,
     "weights": lambda v: v if v in NAMED_WEIGHTS else tuple(float(w) for w in re.split(r"[/:;]", v)),
     "auto_sharpness": float,
     "auto_evidence": str,

@@ -39,10 +39,10 @@ MANIFEST = "run.json"
 LOCK = ".lock"
 #: options whose default differs from what the code did before they existed (automatic weights measured the
 #: whole prompt until ``auto_evidence`` came with the worked-answers default; candidates were scored without
-#: token healing).
-BEFORE_IT_EXISTED: dict[str, Any] = {"auto_evidence": "prompt", "token_healing": False}
+#: token healing; a member left voting alone branched and judged its own branches).
+BEFORE_IT_EXISTED: dict[str, Any] = {"auto_evidence": "prompt", "token_healing": False, "solo_branching": True}
 #: options that change nothing for some methods: a run of those methods is the same run whatever they say.
-NO_EFFECT: dict[str, set[str]] = {"token_healing": {"single"}}
+NO_EFFECT: dict[str, set[str]] = {"token_healing": {"single"}, "solo_branching": {"single"}}
 
 #: The metric a task kind is ranked by; the others are reported beside it.
 PRIMARY_METRIC: dict[str, str] = {"qa": "em", "math": "accuracy", "translation": "bleu"}

@@ -62,6 +62,7 @@ ADAFUSE_OPTIONS = {
     "auto_evidence": str,
     "min_weight": float,
     "token_healing": bool,
+    "solo_branching": bool,
     "trace": bool,
 }
 #: OpenAI fields a greedy ensemble accepts and ignores: sampling knobs have nothing to act on.
