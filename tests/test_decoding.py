@@ -43,7 +43,7 @@ def test_confident_members_commit_multi_word_spans_on_the_fast_path():
 
 def test_max_words_caps_the_span():
     ens = Ensemble([member("a", CONFIDENT)])
-    res = ens.generate("Q:", DecodeConfig(max_words=1))
+    res = ens.generate("Q:", DecodeConfig(max_words=1, solo_branching=True))
     assert [r.committed for r in res.rounds] == [" George", " V.", " was", " king"]
 
 
@@ -51,7 +51,7 @@ def test_a_later_uncertain_word_ends_the_span_so_the_next_round_branches_there()
     rows = dict(CONFIDENT)
     rows[" George V."] = {" was": 0.5, " king": 0.4}
     ens = Ensemble([member("a", rows)])
-    res = ens.generate("Q:", DecodeConfig(max_words=3, theta=0.7))
+    res = ens.generate("Q:", DecodeConfig(max_words=3, theta=0.7, solo_branching=True))
     assert res.rounds[0].committed == " George V."
     assert res.rounds[1].proposals[0].branched
 
@@ -66,7 +66,7 @@ UNSURE = {
 
 def test_uncertain_member_branches_on_its_top_b_first_tokens():
     ens = Ensemble([member("a", UNSURE)])
-    res = ens.generate("Q:", DecodeConfig(beam=3, stop=("\n",)))
+    res = ens.generate("Q:", DecodeConfig(beam=3, stop=("\n",), solo_branching=True))
     prop = res.rounds[0].proposals[0]
     assert prop.branched
     assert prop.candidates == [" George", " Edward", " Henry"]
@@ -77,7 +77,7 @@ def test_uncertain_member_branches_on_its_top_b_first_tokens():
 
 def test_beam_one_gives_a_single_candidate():
     ens = Ensemble([member("a", UNSURE)])
-    res = ens.generate("Q:", DecodeConfig(beam=1, stop=("\n",)))
+    res = ens.generate("Q:", DecodeConfig(beam=1, stop=("\n",), solo_branching=True))
     assert res.rounds[0].proposals[0].candidates == [" George"]
 
 
@@ -203,7 +203,9 @@ def test_token_budget_ends_generation():
 
 
 def test_round_budget_ends_generation():
-    res = Ensemble([member("a", CONFIDENT)]).generate("Q:", DecodeConfig(max_words=1, max_rounds=2))
+    res = Ensemble([member("a", CONFIDENT)]).generate(
+        "Q:", DecodeConfig(max_words=1, max_rounds=2, solo_branching=True)
+    )
     assert res.finish_reason == "length" and res.text == " George V."
 
 
@@ -249,7 +251,7 @@ def test_weights_must_match_the_member_count():
 def test_on_round_sees_every_commit_and_can_cancel():
     seen: list[str] = []
     res = Ensemble([member("a", CONFIDENT)]).generate(
-        "Q:", DecodeConfig(max_words=1), on_round=lambda r, t: seen.append(t)
+        "Q:", DecodeConfig(max_words=1, solo_branching=True), on_round=lambda r, t: seen.append(t)
     )
     assert seen == [" George", " George V.", " George V. was", " George V. was king"] and seen[-1] == res.text
 
@@ -286,7 +288,7 @@ for _k in range(1, 20):
 def test_unfinished_words_can_be_left_out_of_the_candidates():
     pieces = [*PIECES, " Pierre", " Jacques", "-Henri"]
     make = lambda: ScriptedMember("a", pieces, table(RUNAWAY), prompt="Q:")  # noqa: E731
-    cfg = DecodeConfig(beam=2, stop=("\n",), word_token_cap=6, max_new_tokens=16)
+    cfg = DecodeConfig(beam=2, stop=("\n",), word_token_cap=6, max_new_tokens=16, solo_branching=True)
     kept = Ensemble([make()]).generate("Q:", cfg)
     # Per-token normalisation rewards the easy repetition: the runaway "word" wins by default.
     assert kept.rounds[0].committed.startswith(" Jacques-Henri")
@@ -299,7 +301,9 @@ def test_the_token_cap_applies_to_each_word_of_a_confident_span():
     pieces = [*PIECES, " Pierre", " Jacques", "-Henri"]
     rows = {"": {" Jacques": 0.95}, **{" Jacques" + "-Henri" * k: {"-Henri": 0.99} for k in range(0, 40)}}
     member = ScriptedMember("a", pieces, table(rows), prompt="Q:")
-    res = Ensemble([member]).generate("Q:", DecodeConfig(max_words=3, word_token_cap=5, max_rounds=1))
+    res = Ensemble([member]).generate(
+        "Q:", DecodeConfig(max_words=3, word_token_cap=5, max_rounds=1, solo_branching=True)
+    )
     # Confident, so it may write up to 3 words - but one word may not run past 5 tokens.
     assert res.rounds[0].committed == " Jacques" + "-Henri" * 4
 

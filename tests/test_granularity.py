@@ -10,7 +10,7 @@ import pytest
 from fakes import EOS, ScriptedMember, table
 
 from adafuse.config import DecodeConfig
-from adafuse.decoding.evidence import answer_spans, evidence_weights
+from adafuse.decoding.evidence import MIN_INSTRUCTION_BYTES, answer_spans, evidence_weights, instruction_spans
 from adafuse.decoding.granularity import (
     GranularityPolicy,
     Signals,
@@ -211,7 +211,8 @@ def test_vote_combiner_bounds_each_members_say_so_one_member_cannot_veto():
 def test_default_weights_are_automatic_for_adafuse_and_equal_for_the_baselines():
     cfg = DecodeConfig()
     assert cfg.resolved_weights == "auto" and cfg.auto_weights and cfg.to_dict()["weights"] == "auto"
-    assert (cfg.auto_sharpness, cfg.min_weight, cfg.auto_evidence) == (100.0, 0.0, "answers_only")
+    assert (cfg.auto_sharpness, cfg.min_weight, cfg.auto_evidence) == (100.0, 0.05, "answers_only")
+    assert not cfg.solo_branching
     # The default survives a change of method: each method gets its own.
     for method in ("span", "sample", "token"):
         other = replace(cfg, method=method)
@@ -381,13 +382,13 @@ def test_auto_normalisation_judges_words_by_their_probability_when_evidence_weig
     m = ScriptedMember("m", [" Rome", " Ro", "man", "ia"], table(ROME_OR_ROMANIA), prompt="Q:")
     m.prompt_logprob = -2.0
     ens = Ensemble([m])
-    auto = DecodeConfig(beam=2, auto_evidence="prompt", normalise="auto")
+    auto = DecodeConfig(beam=2, auto_evidence="prompt", normalise="auto", solo_branching=True)
     # Evidence weights (here from the whole prompt): the first word's total probability, 0.4 against 0.35.
     res = ens.generate("Q:", auto)
     assert res.telemetry.evidence == "prompt" and res.telemetry.normalise == "word" and res.text == " Rome"
     # The per-token mean (the default) prefers the word of three tokens whose later tokens are easy:
     # (1.05 + 0.02) / 3 < 0.92.
-    res = ens.generate("Q:", DecodeConfig(beam=2, auto_evidence="prompt"))
+    res = ens.generate("Q:", DecodeConfig(beam=2, auto_evidence="prompt", solo_branching=True))
     assert DecodeConfig().normalise == "token"
     assert res.telemetry.normalise == "token" and res.text == " Romania"
     # No worked answers, so no evidence: "auto" is the paper's per-token mean; and so for the baselines.
@@ -397,3 +398,62 @@ def test_auto_normalisation_judges_words_by_their_probability_when_evidence_weig
     for cfg in (replace(auto, weights="equal"), replace(auto, method="span")):
         assert ens.generate("Q:", cfg).telemetry.normalise == "token"
         assert cfg.to_dict()["normalise"] == "token"  # what "auto" always is there
+
+
+def test_a_member_left_voting_alone_writes_its_greedy_answer():
+    # Judging its own branches by the per-token mean, a lone member would take " Romania" (trace 9's bias); with
+    # nobody to check it, it writes what it writes alone: " Rome", the same text and rounds as ``single``.
+    def lone() -> ScriptedMember:
+        return ScriptedMember("m", [" Rome", " Ro", "man", "ia"], table(ROME_OR_ROMANIA), prompt="Q:")
+
+    res = Ensemble([lone()]).generate("Q:", DecodeConfig(beam=2))
+    single = Ensemble([lone()]).generate("Q:", DecodeConfig(method="single"))
+    assert res.text == single.text == " Rome"
+    assert res.rounds == single.rounds
+    assert Ensemble([lone()]).generate("Q:", DecodeConfig(beam=2, solo_branching=True)).text == " Romania"
+    # Left alone by the floor: the other member is benched, and the one that stays writes greedily too.
+    other = ScriptedMember("o", [" Rome", " Ro", "man", "ia"], table({"": {" Ro": 0.9}, " Ro": {"man": 0.99}}), "Q:")
+    res = Ensemble([lone(), other]).generate("Q:", DecodeConfig(beam=2, weights=(0.97, 0.03)))
+    assert res.telemetry.benched == ["o"] and res.text == " Rome" and not res.rounds[0].proposals[0].branched
+    # Under the default floor (0.05) a member with more of the vote stays, and the round fuses as before.
+    res = Ensemble([lone(), other]).generate("Q:", DecodeConfig(beam=2, weights=(0.9, 0.1)))
+    assert res.telemetry.benched == [] and {p.member for p in res.rounds[0].proposals} == {"m", "o"}
+    with pytest.raises(ConfigError, match="solo_branching must be true or false"):
+        DecodeConfig(solo_branching="no")  # type: ignore[arg-type]
+
+
+INSTRUCTED = "Translate the sentence into German. " * 4 + "\n\nEnglish: a cat\nGerman:"
+
+
+def test_instructions_are_the_text_before_the_last_paragraph_when_long_enough():
+    head = INSTRUCTED[: INSTRUCTED.index("\n\n")].rstrip()
+    assert instruction_spans(INSTRUCTED) == [(0, len(head.encode()))]
+    assert instruction_spans("Translate into German.\n\nEnglish: a cat\nGerman:") == []  # too short to tell
+    assert instruction_spans("x" * MIN_INSTRUCTION_BYTES + "\n\nQ: a?\nA:") == [(0, MIN_INSTRUCTION_BYTES)]
+    assert instruction_spans("Q: What is the capital of France?\nA:") == instruction_spans("") == []
+
+
+def test_instructions_are_the_evidence_of_a_zero_shot_prompt_only_when_asked():
+    def member(name: str, lp: float, prompt: str = INSTRUCTED) -> ScriptedMember:
+        m = ScriptedMember(name, QA, table({"": {" Rome": 0.6, " Paris": 0.3}}), prompt=prompt)
+        m.evidence = lambda ctx: [lp] * (len(ctx) - 1)  # type: ignore[method-assign]
+        return m
+
+    ens = Ensemble([member("a", -0.5), member("b", -0.1)])
+    cfg = DecodeConfig(max_words=1, beam=1, auto_evidence="instructions", max_new_tokens=2)
+    res = ens.generate(INSTRUCTED, cfg)
+    assert res.telemetry.evidence == "instructions" and res.telemetry.weights["b"] > 0.99
+    assert res.telemetry.benched == ["a"]
+    # The same NLL per token, read over the instructions' tokens only and divided by their bytes.
+    n = len(ens.members[0].tokenize(INSTRUCTED[: instruction_spans(INSTRUCTED)[0][1]]))
+    head_bytes = instruction_spans(INSTRUCTED)[0][1] - len(
+        ens.members[0].token_bytes(ens.members[0].tokenize(INSTRUCTED)[0])
+    )
+    assert res.telemetry.prompt_nll["b"] == pytest.approx(0.1 * (n - 1) / head_bytes)
+    # The default reads worked answers only: no evidence here, the given weights stand.
+    res = ens.generate(INSTRUCTED, replace(cfg, auto_evidence="answers_only"))
+    assert res.telemetry.evidence is None and res.telemetry.weights == {"a": 0.5, "b": 0.5}
+    # Worked answers come first when there are some.
+    fewshot = "Q: x?\nA: Rome\n\nQ: y?\nA:"
+    ens = Ensemble([member("a", -0.5, fewshot), member("b", -0.1, fewshot)])
+    assert ens.generate(fewshot, cfg).telemetry.evidence == "answers"

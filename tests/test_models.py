@@ -13,6 +13,7 @@ from adafuse.config import DecodeConfig
 from adafuse.decoding.scoring import score_candidates
 from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.ensemble import Ensemble
+from adafuse.evaluation.tasks import load_task
 from adafuse.result import Candidate
 
 pytestmark = pytest.mark.models
@@ -281,6 +282,34 @@ def test_members_benched_by_sharp_evidence_cost_nothing_after_the_read(zoo_membe
         assert all(set(c.scores) <= {trusted} for c in rnd.candidates)
     # The same request again, on members that have done other work since: the same text.
     assert ens.generate(fewshot + "\n\nQuestion: Which river flows through Paris?\nAnswer:", cfg).text == second.text
+    # Left alone, the trusted member writes what it writes as a single model (the default floor benches the same).
+    alone = replace(cfg, method="single", single_member=[m.name for m in zoo_members].index(trusted))
+    default = DecodeConfig(max_new_tokens=8, stop=("\n",))
+    for question in ("Who wrote Hamlet?", "Which river flows through Paris?"):
+        prompt = fewshot + f"\n\nQuestion: {question}\nAnswer:"
+        assert ens.generate(prompt, default).text == ens.generate(prompt, alone).text
+
+
+def test_instructions_evidence_on_a_zero_shot_translation_prompt(zoo_members, shared_data):
+    # The Flores prompts have no worked answers: by default no evidence and equal weights; with
+    # auto_evidence=instructions their English instructions are read, the member that models them best is trusted
+    # and members under the floor are benched; left alone, the trusted member writes its single-model answer.
+    names = [m.name for m in zoo_members]
+    ens = Ensemble(zoo_members)
+    cfg = DecodeConfig(max_new_tokens=6, stop=("\n",))
+    for direction in ("flores-en-de", "flores-de-en"):
+        task = load_task(direction, shared_data)
+        prompt = task.build_prompt(task.items(0, 1)[0].question)
+        assert ens.generate(prompt, replace(cfg, max_rounds=1)).telemetry.evidence is None
+        res = ens.generate(prompt, replace(cfg, auto_evidence="instructions"))
+        tel = res.telemetry
+        assert tel.evidence == "instructions" and set(tel.prompt_nll) == set(names)
+        trusted = min(tel.prompt_nll, key=tel.prompt_nll.get)
+        assert max(tel.weights, key=tel.weights.get) == trusted
+        assert sorted(tel.benched) == sorted(n for n in names if tel.weights[n] < cfg.min_weight)
+        if len(tel.benched) == len(names) - 1:
+            single = replace(cfg, method="single", single_member=names.index(trusted))
+            assert res.text == ens.generate(prompt, single).text
 
 
 def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivia_prompt):

@@ -364,7 +364,9 @@ def test_runs_recorded_before_the_default_changed_resume_under_their_new_spellin
     recorded_before(DecodeConfig(weights="auto", auto_evidence="answers"), tmp_path / "sharp")
     with pytest.raises(ConfigError, match="config.auto_evidence: 'answers' now 'answers_only'"):
         run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "sharp", progress=False)
-    cfg = DecodeConfig(auto_evidence="answers")
+    with pytest.raises(ConfigError, match="config.min_weight: 0.0 now 0.05"):  # nobody was benched then
+        run_eval(task, zoo.ensemble(), DecodeConfig(auto_evidence="answers"), tmp_path / "sharp", progress=False)
+    cfg = DecodeConfig(auto_evidence="answers", min_weight=0.0)
     assert run_eval(task, zoo.ensemble(), cfg, tmp_path / "sharp", limit=2, progress=False)["n"] == 2
     # Automatic weights at the old default sharpness.
     recorded_before(DecodeConfig(weights="auto", auto_sharpness=20.0), tmp_path / "soft")
@@ -387,6 +389,22 @@ def test_runs_recorded_before_token_healing_resume_with_it_off_except_single_mod
         else:
             cfg = DecodeConfig(method="single")  # a single model scores nothing: the option changes nothing
         assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
+
+
+def test_runs_recorded_before_solo_branching_resume_with_it_on(tmp_path, task, zoo):
+    out = tmp_path / "run"
+    run_eval(task, zoo.ensemble(), DecodeConfig(min_weight=0.0), out, limit=1, progress=False)
+    manifest = json.loads((out / "run.json").read_text())
+    manifest["identity"]["config"].pop("solo_branching")  # the option did not exist yet: a lone member branched
+    (out / "run.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="config.solo_branching: True now False"):
+        run_eval(task, zoo.ensemble(), DecodeConfig(min_weight=0.0), out, progress=False)
+    cfg = DecodeConfig(min_weight=0.0, solo_branching=True)
+    assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
+    # Equal weights bench no one at either floor, so the paper's setting resumes whatever the floor says.
+    paper = tmp_path / "paper"
+    run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal", min_weight=0.0), paper, limit=1, progress=False)
+    assert run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal"), paper, limit=2, progress=False)["n"] == 2
 
 
 def test_automatic_weights_recorded_before_evidence_read_every_worked_answer_are_not_mixed(tmp_path, task, zoo):

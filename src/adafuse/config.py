@@ -13,7 +13,7 @@ Normalisation = Literal["auto", "token", "char", "sum", "word"]
 NORMALISATIONS = ("auto", "token", "char", "sum", "word")
 METHODS = ("adafuse", "token", "span", "sample", "single")
 COMBINERS = ("mean", "confidence", "vote")
-AUTO_EVIDENCE = ("answers_only", "answers", "prompt")
+AUTO_EVIDENCE = ("answers_only", "answers", "instructions", "prompt")
 #: weights spelled by name (every interface accepts these; "default" is the field's own default).
 NAMED_WEIGHTS = ("auto", "equal")
 # One wording of the new options for every command line that offers them.
@@ -56,8 +56,9 @@ class DecodeConfig:
     weights: tuple[float, ...] | Literal["auto", "equal", "default"] | None = "default"
     auto_sharpness: float = 100.0
     #: what auto weights measure: "answers_only" (the likelihood of the prompt's worked answers; a prompt without
-    #: any keeps the given weights), "answers" (the same, falling back to the whole prompt) or "prompt" (the whole
-    #: prompt); see decoding/evidence.py.
+    #: any keeps the given weights), "answers" (the same, falling back to the whole prompt), "instructions" (the
+    #: same, falling back to the text before the prompt's last paragraph) or "prompt" (the whole prompt); see
+    #: decoding/evidence.py.
     auto_evidence: str = "answers_only"
     #: members whose weight is below this fraction of the total sit the request out (neither propose nor score);
     #: the heaviest member always stays. At the default sharpness 0.05 benches a member about 0.03 nats per byte

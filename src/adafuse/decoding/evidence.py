@@ -21,6 +21,12 @@ What is scored (``auto_evidence``):
   On a one-line question the whole prompt's likelihood trusts the smallest member (SmolLM2 0.98 for "Question:
   What is the capital of France?", which then answers with an empty line), so guessing from it is no default.
 * ``answers``: the same, falling back to ``prompt`` when there is no worked answer.
+* ``instructions``: the same, falling back to the prompt's instructions when there is no worked answer: its text
+  before the last paragraph (a zero-shot task description such as the Flores prompts', the same for every item of
+  a task), when that is at least ``MIN_INSTRUCTION_BYTES`` long. It measures who models the task's own wording,
+  not the input (on Flores de-en the whole prompt is mostly the German source, which trusts Gemma; the English
+  instructions trust Qwen-Coder, the better translator of the two). A weak witness: on the SQuAD prompt's
+  instructions it would trust SmolLM2, the weakest member there (docs/RESULTS.md, "Eighth session").
 * ``prompt``: every token of the prompt, when every member reads the same text; prompts rendered with each
   member's own chat template differ, and then there is no evidence and the given weights stand.
 
@@ -35,13 +41,15 @@ the next.)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
 
 Span = tuple[int, int]
+#: The shortest instructions worth reading (``instructions``): a one-line question is no task description.
+MIN_INSTRUCTION_BYTES = 100
 #: What a read covers, recorded with every evaluation run that uses automatic weights (``evaluation/runner.py``).
 EVIDENCE_READ = "every token up to the last worked answer (else of the whole prompt), per byte of the answers"
 
@@ -67,17 +75,27 @@ def answer_spans(prompt: str) -> list[Span]:
     return spans
 
 
+def instruction_spans(prompt: str) -> list[Span]:
+    """The byte range of the prompt's instructions (its text before the last paragraph), or none if shorter than
+    ``MIN_INSTRUCTION_BYTES`` or absent."""
+    data = prompt.rstrip().encode("utf-8")
+    end = data.rfind(b"\n\n")
+    head = data[:end].rstrip() if end > 0 else b""
+    return [(0, len(head))] if len(head.strip()) >= MIN_INSTRUCTION_BYTES else []
+
+
 @dataclass(frozen=True)
 class _Tokens:
-    """A member's prompt tokens with the byte range each covers, and the worked answers' byte ranges (empty when
-    the tokens do not spell the prompt byte for byte: a tokenizer that adds text of its own shifts the offsets)."""
+    """A member's prompt tokens with the byte range each covers, and the byte ranges of the evidence text (the
+    worked answers, or the instructions; empty when the tokens do not spell the prompt byte for byte: a tokenizer
+    that adds text of its own shifts the offsets)."""
 
     ids: list[int]
     ranges: list[Span]
     spans: list[Span]
 
     def answer_tokens(self) -> int:
-        """How many leading tokens hold every worked answer: the least that reaches the last answer's end."""
+        """How many leading tokens hold the evidence text: the least that reaches the last span's end."""
         end = self.spans[-1][1]
         return next(i + 1 for i, (_, hi) in enumerate(self.ranges) if hi >= end)
 
@@ -97,11 +115,14 @@ class _Tokens:
             total -= lp
             scored += hi - lo
         if spans is not None:
-            scored = sum(e - s for s, e in spans)
+            # The first token has no prediction: its bytes are not evidence (a member with a BOS token predicts
+            # the prompt's first word, one without does not, and instructions start there).
+            lo, hi = self.ranges[0] if self.ranges else (0, 0)
+            scored = sum(e - s - max(0, min(e, hi) - max(s, lo)) for s, e in spans)
         return total / max(1, scored)
 
 
-def _tokens(state: DecodeState, member: int) -> _Tokens:
+def _tokens(state: DecodeState, member: int, locate: Callable[[str], list[Span]]) -> _Tokens:
     view = state.views[member]
     ids = view.ids("")
     pieces = [view.member.token_bytes(t) for t in ids]
@@ -111,32 +132,35 @@ def _tokens(state: DecodeState, member: int) -> _Tokens:
         ranges.append((at, at + len(piece)))
         at += len(piece)
     aligned = b"".join(pieces) == view.prompt.encode("utf-8")
-    return _Tokens(ids, ranges, answer_spans(view.prompt) if aligned else [])
+    return _Tokens(ids, ranges, locate(view.prompt) if aligned else [])
 
 
 def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | None:
-    """Each active member's evidence NLL per byte, and which text it was measured on ("answers" or "prompt");
-    None if there is no evidence (see ``auto_evidence``) or a member cannot tell."""
-    toks = {i: _tokens(state, i) for i in state.active}
+    """Each active member's evidence NLL per byte, and which text it was measured on ("answers", "instructions" or
+    "prompt"); None if there is no evidence (see ``auto_evidence``) or a member cannot tell."""
+    mode = state.config.auto_evidence
+    toks = {i: _tokens(state, i, answer_spans) for i in state.active}
     # Every member is judged on the same text: the answers, when every member's tokens locate them.
-    worked = all(t.spans for t in toks.values())
-    if state.config.auto_evidence == "answers_only" and not worked:
+    scored = "answers" if mode != "prompt" and all(t.spans for t in toks.values()) else "prompt"
+    if scored == "prompt" and mode == "instructions":
+        toks = {i: _tokens(state, i, instruction_spans) for i in state.active}
+        scored = "instructions" if all(t.spans for t in toks.values()) else ""
+    if not scored or (scored == "prompt" and mode == "answers_only"):
         return None
-    scored = "answers" if state.config.auto_evidence != "prompt" and worked else "prompt"
-    if scored == "prompt" and len({state.views[i].prompt for i in state.active}) > 1:
+    if scored != "answers" and len({state.views[i].prompt for i in state.active}) > 1:
         # Each member's own chat template around the same request: per byte of different texts is no comparison.
         return None
 
     def read(i: int) -> list[float] | None:
         t = toks[i]
-        upto = t.answer_tokens() if scored == "answers" else len(t.ids)
+        upto = t.answer_tokens() if scored != "prompt" else len(t.ids)
         return state.views[i].member.evidence(t.ids[:upto])
 
     found = dict(zip(state.active, map_active(state, read), strict=True))
     if any(lp is None for lp in found.values()):
         return None
     return {
-        i: toks[i].nll_per_byte(lp, toks[i].spans if scored == "answers" else None)
+        i: toks[i].nll_per_byte(lp, toks[i].spans if scored != "prompt" else None)
         for i, lp in found.items()
         if lp is not None
     }, scored

@@ -40,7 +40,12 @@ LOCK = ".lock"
 #: options whose default differs from what the code did before they existed (automatic weights measured the
 #: whole prompt until ``auto_evidence`` came with the worked-answers default; candidates were scored without
 #: token healing; a member left voting alone branched and judged its own branches).
-BEFORE_IT_EXISTED: dict[str, Any] = {"auto_evidence": "prompt", "token_healing": False, "solo_branching": True}
+BEFORE_IT_EXISTED: dict[str, Any] = {
+    "auto_evidence": "prompt",
+    "token_healing": False,
+    "solo_branching": True,
+    "min_weight": 0.0,
+}
 #: options that change nothing for some methods: a run of those methods is the same run whatever they say.
 NO_EFFECT: dict[str, set[str]] = {"token_healing": {"single"}, "solo_branching": {"single"}}
 
@@ -263,11 +268,18 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
                 if value.get("method") in NO_EFFECT.get(field, ()):
                     continue
                 was, now = old.get(field, defaults.get(field)), value.get(field, defaults.get(field))
+                if field == "min_weight" and _benches_no_one(old, value, len(current.get("models", ())), was, now):
+                    continue
                 if was != now:
                     diffs.append(f"config.{field}: {was!r} now {now!r}")
         else:
             diffs.append(f"{key}: {old!r} now {value!r}")
     return diffs
+
+
+def _benches_no_one(old: dict[str, Any], new: dict[str, Any], n_members: int, *floors: float) -> bool:
+    """Whether every floor benches nobody: equal weights (1/n each) at or above all of them."""
+    return old.get("weights") is None and new.get("weights") is None and n_members * max(floors) <= 1
 
 
 def _check_manifest(out: Path, identity: dict[str, Any], has_records: bool) -> dict[str, Any]:
