@@ -4,16 +4,16 @@ Confident members (top-1 margin >= theta) write up to the round's unit (``max_wo
 setting) while they stay confident; uncertain members branch on their top-B first tokens, one word each. All
 distinct candidates are scored by every member and the lowest weighted mean NLL wins. When every member proposes
 the same single string, scoring cannot change the choice, so it is skipped (the fast path). A member left voting
-alone has no one to judge its branches, so it writes its greedy answer (``solo_branching`` keeps the round).
+alone has no one to judge its branches, so it writes its greedy answer (``solo_round``; ``solo_branching`` keeps
+the AdaFuse round for it).
 """
 
 from __future__ import annotations
 
 from adafuse.backends.base import Step, TopK
-from adafuse.decoding.baselines import single_round
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
 from adafuse.decoding.parallel import map_active
-from adafuse.decoding.proposals import DraftWriter, write_drafts
+from adafuse.decoding.proposals import DraftWriter, write_draft, write_drafts
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.result import Proposal, Round
@@ -22,7 +22,7 @@ from adafuse.result import Proposal, Round
 def adafuse_round(state: DecodeState, index: int) -> Round:
     cfg = state.config
     if len(state.active) == 1 and not cfg.solo_branching:
-        return single_round(state, index)
+        return solo_round(state, index)
     firsts: dict[int, TopK] = {}
     if cfg.granularity == "adaptive":
         # The unit depends on every member's first distribution, so those are read before anyone drafts.
@@ -54,6 +54,31 @@ def adafuse_round(state: DecodeState, index: int) -> Round:
         score_candidates(state, candidates, drafts)
         chosen = select(candidates)
     return Round(index, proposals, candidates, chosen, candidates[chosen].text, fast_path=fast, unit=unit.name)
+
+
+def solo_round(state: DecodeState, index: int) -> Round:
+    """The one member voting writes on greedily, ``max_words`` words a round (so a stream moves and a cancelled
+    request stops), conditioned on its own tokens where they spell the text exactly: the answer ``single`` writes
+    in one pass."""
+    cfg = state.config
+    i = state.active[0]
+    view = state.views[i]
+    context = state.context(i)
+    first = view.member.next_token(context, cfg.top_k)
+    writer = DraftWriter(state, i, cfg.max_words, None, cfg.max_new_tokens)
+    draft = write_draft(state, i, Step(first, first.ids[0]), writer)
+    # The tokens walked run one past the text (the token that showed the word had ended); where a token straddles
+    # the cut (Qwen's ".\n\n"), no prefix spells it and the next round re-tokenises the text.
+    text, spelled = draft.text.encode("utf-8"), b""
+    for n in range(len(draft.tokens) + 1):
+        if spelled == text:
+            view.continue_with(state.committed + draft.text, context + draft.tokens[:n])
+            break
+        if n < len(draft.tokens):
+            spelled += view.member.token_bytes(draft.tokens[n])
+    proposal = Proposal(view.name, [first.margin], branched=False, candidates=[draft.text])
+    candidates = union([draft], [v.name for v in state.views])
+    return Round(index, [proposal], candidates, 0, draft.text, fast_path=True, unit="word")
 
 
 def first_step(state: DecodeState, member: int) -> TopK:

@@ -31,6 +31,11 @@ class MemberView:
             self._memo[continuation] = ids
         return ids
 
+    def continue_with(self, continuation: str, ids: list[int]) -> None:
+        """Condition on ``ids`` for ``prompt + continuation`` instead of their re-tokenisation: the member's own
+        greedy tokens, which a lone member keeps so that its answer is the one it writes in a single pass."""
+        self._memo[continuation] = ids
+
     def piece_ids(self, text: str) -> list[int] | None:
         """``text`` tokenised on its own (no BOS), if those tokens spell exactly ``text``; else None."""
         ids = self._pieces.get(text)
