@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from adafuse.backends.base import Step, TopK
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
+from adafuse.decoding.loop import output_tokens
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.proposals import DraftWriter, write_draft, write_drafts
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
@@ -65,7 +66,8 @@ def solo_round(state: DecodeState, index: int) -> Round:
     view = state.views[i]
     context = state.context(i)
     first = view.member.next_token(context, cfg.top_k)
-    writer = DraftWriter(state, i, cfg.max_words, None, cfg.max_new_tokens)
+    # What is left of the budget, as ``single``'s one draft has it: a last round may not run past it to an end token.
+    writer = DraftWriter(state, i, cfg.max_words, None, max(1, cfg.max_new_tokens - output_tokens(state)))
     draft = write_draft(state, i, Step(first, first.ids[0]), writer)
     # The tokens walked run one past the text (the token that showed the word had ended); where a token straddles
     # the cut (Qwen's ".\n\n"), no prefix spells it and the next round re-tokenises the text.

@@ -8,8 +8,8 @@ with different vocabularies compare fairly) and ``w0_m`` the given weights (equa
     w_m  =  w0_m * exp(-beta * nll_m)  /  sum_k w0_k * exp(-beta * nll_k)
 
 ``beta`` (``auto_sharpness``, default 100) turns per-byte differences of a few hundredths into clear preferences:
-at 100 a member 0.05 nats per byte behind the best keeps under 1% of the vote (``min_weight`` can bench it:
-decoding/loop.py, ``bench``).
+at 100 a member 0.05 nats per byte behind the best keeps under 1% of the vote, and one 0.03 behind under 5%,
+which the default ``min_weight`` benches (decoding/loop.py, ``bench``).
 
 What is scored (``auto_evidence``):
 
