@@ -211,7 +211,7 @@ def test_vote_combiner_bounds_each_members_say_so_one_member_cannot_veto():
 def test_default_weights_are_automatic_for_adafuse_and_equal_for_the_baselines():
     cfg = DecodeConfig()
     assert cfg.resolved_weights == "auto" and cfg.auto_weights and cfg.to_dict()["weights"] == "auto"
-    assert (cfg.auto_sharpness, cfg.min_weight, cfg.auto_evidence) == (100.0, 0.05, "answers_only")
+    assert (cfg.auto_sharpness, cfg.min_weight, cfg.auto_evidence) == (100.0, 0.05, "instructions")
     assert not cfg.solo_branching
     # The default survives a change of method: each method gets its own.
     for method in ("span", "sample", "token"):
@@ -433,14 +433,15 @@ def test_instructions_are_the_text_before_the_last_paragraph_when_long_enough():
     assert instruction_spans("Q: What is the capital of France?\nA:") == instruction_spans("") == []
 
 
-def test_instructions_are_the_evidence_of_a_zero_shot_prompt_only_when_asked():
+def test_instructions_are_the_evidence_of_a_zero_shot_prompt_by_default():
     def member(name: str, lp: float, prompt: str = INSTRUCTED) -> ScriptedMember:
         m = ScriptedMember(name, QA, table({"": {" Rome": 0.6, " Paris": 0.3}}), prompt=prompt)
         m.evidence = lambda ctx: [lp] * (len(ctx) - 1)  # type: ignore[method-assign]
         return m
 
     ens = Ensemble([member("a", -0.5), member("b", -0.1)])
-    cfg = DecodeConfig(max_words=1, beam=1, auto_evidence="instructions", max_new_tokens=2)
+    cfg = DecodeConfig(max_words=1, beam=1, max_new_tokens=2)
+    assert cfg.auto_evidence == "instructions"
     res = ens.generate(INSTRUCTED, cfg)
     assert res.telemetry.evidence == "instructions" and res.telemetry.weights["b"] > 0.99
     assert res.telemetry.benched == ["a"]
@@ -450,7 +451,7 @@ def test_instructions_are_the_evidence_of_a_zero_shot_prompt_only_when_asked():
         ens.members[0].token_bytes(ens.members[0].tokenize(INSTRUCTED)[0])
     )
     assert res.telemetry.prompt_nll["b"] == pytest.approx(0.1 * (n - 1) / head_bytes)
-    # The default reads worked answers only: no evidence here, the given weights stand.
+    # Worked answers only: no evidence here, the given weights stand.
     res = ens.generate(INSTRUCTED, replace(cfg, auto_evidence="answers_only"))
     assert res.telemetry.evidence is None and res.telemetry.weights == {"a": 0.5, "b": 0.5}
     # Worked answers come first when there are some.

@@ -291,17 +291,18 @@ def test_members_benched_by_sharp_evidence_cost_nothing_after_the_read(zoo_membe
 
 
 def test_instructions_evidence_on_a_zero_shot_translation_prompt(zoo_members, shared_data):
-    # The Flores prompts have no worked answers: by default no evidence and equal weights; with
-    # auto_evidence=instructions their English instructions are read, the member that models them best is trusted
-    # and members under the floor are benched; left alone, the trusted member writes its single-model answer.
+    # The Flores prompts have no worked answers: by default their English instructions are read, the member that
+    # models them best is trusted and members under the floor are benched; left alone, the trusted member writes
+    # its single-model answer. With worked answers only there is no evidence: equal weights.
     names = [m.name for m in zoo_members]
     ens = Ensemble(zoo_members)
     cfg = DecodeConfig(max_new_tokens=6, stop=("\n",))
     for direction in ("flores-en-de", "flores-de-en"):
         task = load_task(direction, shared_data)
         prompt = task.build_prompt(task.items(0, 1)[0].question)
-        assert ens.generate(prompt, replace(cfg, max_rounds=1)).telemetry.evidence is None
-        res = ens.generate(prompt, replace(cfg, auto_evidence="instructions"))
+        only = replace(cfg, max_rounds=1, auto_evidence="answers_only")
+        assert ens.generate(prompt, only).telemetry.evidence is None
+        res = ens.generate(prompt, cfg)
         tel = res.telemetry
         assert tel.evidence == "instructions" and set(tel.prompt_nll) == set(names)
         trusted = min(tel.prompt_nll, key=tel.prompt_nll.get)

@@ -340,7 +340,7 @@ def test_automatic_weights_recorded_before_auto_evidence_existed_measured_the_wh
         del manifest["identity"]["config"]["auto_evidence"]
         (out / "run.json").write_text(json.dumps(manifest))
         if weights == "auto":
-            with pytest.raises(ConfigError, match="config.auto_evidence: 'prompt' now 'answers_only'"):
+            with pytest.raises(ConfigError, match="config.auto_evidence: 'prompt' now 'instructions'"):
                 run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, progress=False)
             cfg = DecodeConfig(weights="auto", auto_evidence="prompt")
         else:
@@ -362,7 +362,7 @@ def test_runs_recorded_before_the_default_changed_resume_under_their_new_spellin
         run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "paper", progress=False)
     # Sharp automatic weights falling back to the whole prompt: the default reads worked answers only.
     recorded_before(DecodeConfig(weights="auto", auto_evidence="answers"), tmp_path / "sharp")
-    with pytest.raises(ConfigError, match="config.auto_evidence: 'answers' now 'answers_only'"):
+    with pytest.raises(ConfigError, match="config.auto_evidence: 'answers' now 'instructions'"):
         run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "sharp", progress=False)
     with pytest.raises(ConfigError, match="config.min_weight: 0.0 now 0.05"):  # nobody was benched then
         run_eval(task, zoo.ensemble(), DecodeConfig(auto_evidence="answers"), tmp_path / "sharp", progress=False)

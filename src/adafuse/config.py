@@ -55,11 +55,11 @@ class DecodeConfig:
     #: (``resolved_weights``; docs/RESULTS.md, "Defaults", says why).
     weights: tuple[float, ...] | Literal["auto", "equal", "default"] | None = "default"
     auto_sharpness: float = 100.0
-    #: what auto weights measure: "answers_only" (the likelihood of the prompt's worked answers; a prompt without
-    #: any keeps the given weights), "answers" (the same, falling back to the whole prompt), "instructions" (the
-    #: same, falling back to the text before the prompt's last paragraph) or "prompt" (the whole prompt); see
-    #: decoding/evidence.py.
-    auto_evidence: str = "answers_only"
+    #: what auto weights measure: "instructions" (the likelihood of the prompt's worked answers; a prompt without
+    #: any falls back to its instructions, the text before its last paragraph, and a prompt without those keeps
+    #: the given weights), "answers_only" (worked answers or nothing), "answers" (worked answers, falling back to
+    #: the whole prompt) or "prompt" (the whole prompt); see decoding/evidence.py.
+    auto_evidence: str = "instructions"
     #: members whose weight is below this fraction of the total sit the request out (neither propose nor score);
     #: the heaviest member always stays. At the default sharpness 0.05 benches a member about 0.03 nats per byte
     #: behind the best on the evidence. The evidence can rule a member out; its proposals, judged by the trusted

@@ -13,20 +13,24 @@ which the default ``min_weight`` benches (decoding/loop.py, ``bench``).
 
 What is scored (``auto_evidence``):
 
-* ``answers_only`` (default): the worked answers only. The prompt's last line is its cue (``Answer:``, ``Let's
-  think step by step``); the text after each earlier line that starts with the same cue, up to the next blank
-  line, is an answer. Scoring the whole prompt instead mostly measures how well a member models the questions and
+* ``answers_only``: the worked answers only. The prompt's last line is its cue (``Answer:``, ``Let's think step
+  by step``); the text after each earlier line that starts with the same cue, up to the next blank line, is an
+  answer. Scoring the whole prompt instead mostly measures how well a member models the questions and
   instructions (on SQuAD, Wikipedia passages), which says little about who answers them. A prompt with no worked
   answer (a plain question, a zero-shot instruction, a chat request) gives no evidence: the given weights stand.
   On a one-line question the whole prompt's likelihood trusts the smallest member (SmolLM2 0.98 for "Question:
   What is the capital of France?", which then answers with an empty line), so guessing from it is no default.
-* ``answers``: the same, falling back to ``prompt`` when there is no worked answer.
-* ``instructions``: the same, falling back to the prompt's instructions when there is no worked answer: its text
-  before the last paragraph (a zero-shot task description such as the Flores prompts', the same for every item of
-  a task), when that is at least ``MIN_INSTRUCTION_BYTES`` long. It measures who models the task's own wording,
-  not the input (on Flores de-en the whole prompt is mostly the German source, which trusts Gemma; the English
-  instructions trust Qwen-Coder, the better translator of the two). A weak witness: on the SQuAD prompt's
-  instructions it would trust SmolLM2, the weakest member there (docs/RESULTS.md, "Eighth session").
+* ``instructions`` (default): the same, falling back to the prompt's instructions when there is no worked answer:
+  its text before the last paragraph (a zero-shot task description such as the Flores prompts', the same for
+  every item of a task), when that is at least ``MIN_INSTRUCTION_BYTES`` long; a one-line question has none and
+  gets no evidence. It measures who models the task's own wording, not the input: on Flores de-en the whole
+  prompt is mostly the German source and trusts Gemma, the English instructions trust Qwen-Coder (0.94, Gemma
+  0.06); on en-de they trust Qwen-Coder alone, the best translator of the three by far. A weak witness, measured
+  on five instruction texts: on TriviaQA's, NQ's and both Flores ones it trusts the member best at the task
+  alone, or one of the two best; on SQuAD's it would trust SmolLM2, the weakest there (the SQuAD prompt has
+  worked answers, so this never acts). Equal weights, the alternative, put translation below both good members
+  (docs/RESULTS.md, "Eighth session").
+* ``answers``: worked answers, falling back to ``prompt`` when there is none.
 * ``prompt``: every token of the prompt, when every member reads the same text; prompts rendered with each
   member's own chat template differ, and then there is no evidence and the given weights stand.
 
