@@ -401,6 +401,13 @@ def test_runs_recorded_before_solo_branching_resume_with_it_on(tmp_path, task, z
         run_eval(task, zoo.ensemble(), DecodeConfig(min_weight=0.0), out, progress=False)
     cfg = DecodeConfig(min_weight=0.0, solo_branching=True)
     assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
+    # A baseline never branches, so the option changes nothing for it.
+    span = tmp_path / "span"
+    run_eval(task, zoo.ensemble(), DecodeConfig(method="span"), span, limit=1, progress=False)
+    manifest = json.loads((span / "run.json").read_text())
+    manifest["identity"]["config"].pop("solo_branching")
+    (span / "run.json").write_text(json.dumps(manifest))
+    assert run_eval(task, zoo.ensemble(), DecodeConfig(method="span"), span, limit=2, progress=False)["n"] == 2
     # Equal weights bench no one at either floor, so the paper's setting resumes whatever the floor says.
     paper = tmp_path / "paper"
     run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal", min_weight=0.0), paper, limit=1, progress=False)

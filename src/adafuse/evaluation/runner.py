@@ -47,7 +47,10 @@ BEFORE_IT_EXISTED: dict[str, Any] = {
     "min_weight": 0.0,
 }
 #: options that change nothing for some methods: a run of those methods is the same run whatever they say.
-NO_EFFECT: dict[str, set[str]] = {"token_healing": {"single"}, "solo_branching": {"single"}}
+NO_EFFECT: dict[str, set[str]] = {
+    "token_healing": {"single"},
+    "solo_branching": {"single", "token", "span", "sample"},  # only AdaFuse's round branches
+}
 
 #: The metric a task kind is ranked by; the others are reported beside it.
 PRIMARY_METRIC: dict[str, str] = {"qa": "em", "math": "accuracy", "translation": "bleu"}
