@@ -461,18 +461,18 @@ def test_instructions_are_the_evidence_of_a_zero_shot_prompt_by_default():
 
 
 def test_a_lone_member_stops_at_the_token_budget_as_a_single_model_does():
-    # Ten words of one token each and an end token after them: with a budget of 7 tokens both stop at the budget
-    # ("length"), although the last round of three words could otherwise have run on to the end token.
-    words = [f" w{k}" for k in range(10)]
-    rows = {"".join(words[:k]): {words[k]: 0.9} for k in range(10)}
+    # Forty words of one token each and an end token after them: with a budget of 20 tokens both stop at the budget
+    # ("length"), although the last round of 16 tokens could otherwise have run on past it.
+    words = [f" w{k}" for k in range(40)]
+    rows = {"".join(words[:k]): {words[k]: 0.9} for k in range(40)}
     rows["".join(words)] = {EOS: 0.9}
 
     def lone() -> ScriptedMember:
         return ScriptedMember("m", words, table(rows), prompt="Q:")
 
-    for budget in (7, 10, 20):
+    for budget in (7, 20, 40, 64):
         res = Ensemble([lone()]).generate("Q:", DecodeConfig(max_new_tokens=budget))
         single = Ensemble([lone()]).generate("Q:", DecodeConfig(method="single", max_new_tokens=budget))
         assert (res.text, res.finish_reason) == (single.text, single.finish_reason), budget
-        assert len(res.rounds) > 1  # a few words a round, so a stream moves
+    assert len(res.rounds) == 3  # 16 tokens a round, so a stream moves: 16 + 16 + 8 and the end token
     assert res.finish_reason == "eos" and res.text == "".join(words)

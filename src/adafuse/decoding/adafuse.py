@@ -19,6 +19,8 @@ from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.result import Proposal, Round
 
+_ANY_WORDS = 1 << 30
+
 
 def adafuse_round(state: DecodeState, index: int) -> Round:
     cfg = state.config
@@ -57,30 +59,31 @@ def adafuse_round(state: DecodeState, index: int) -> Round:
     return Round(index, proposals, candidates, chosen, candidates[chosen].text, fast_path=fast, unit=unit.name)
 
 
+#: how many tokens a lone member writes per round: rounds only pace a stream and let a request be cancelled.
+SOLO_ROUND_TOKENS = 16
+
+
 def solo_round(state: DecodeState, index: int) -> Round:
-    """The one member voting writes on greedily, ``max_words`` words a round (so a stream moves and a cancelled
-    request stops), conditioned on its own tokens where they spell the text exactly: the answer ``single`` writes
-    in one pass."""
+    """The one member voting writes on greedily, ``SOLO_ROUND_TOKENS`` tokens a round, and the next round conditions
+    on those very tokens (not a re-tokenisation of their text, which at a cut inside Qwen's ".\n" would differ):
+    the answer ``single`` writes in one pass, paced so that a stream moves and a cancelled request stops."""
     cfg = state.config
     i = state.active[0]
     view = state.views[i]
     context = state.context(i)
     first = view.member.next_token(context, cfg.top_k)
     # What is left of the budget, as ``single``'s one draft has it: a last round may not run past it to an end token.
-    writer = DraftWriter(state, i, cfg.max_words, None, max(1, cfg.max_new_tokens - output_tokens(state)))
+    left = max(1, cfg.max_new_tokens - output_tokens(state))
+    writer = DraftWriter(state, i, _ANY_WORDS, None, left, unit_tokens=SOLO_ROUND_TOKENS)
     draft = write_draft(state, i, Step(first, first.ids[0]), writer)
-    # The tokens walked run one past the text (the token that showed the word had ended); where a token straddles
-    # the cut (Qwen's ".\n\n"), no prefix spells it and the next round re-tokenises the text.
-    text, spelled = draft.text.encode("utf-8"), b""
-    for n in range(len(draft.tokens) + 1):
-        if spelled == text:
-            view.continue_with(state.committed + draft.text, context + draft.tokens[:n])
-            break
-        if n < len(draft.tokens):
-            spelled += view.member.token_bytes(draft.tokens[n])
+    # The tokens spell the text unless a stop string cut it or the last one ends inside a character; then the
+    # next round reads the text re-tokenised (the answer ends at a stop anyway).
+    spelled = b"".join(view.member.token_bytes(t) for t in draft.tokens if not view.member.is_eog(t))
+    if spelled == draft.text.encode("utf-8"):
+        view.continue_with(state.committed + draft.text, context + draft.tokens)
     proposal = Proposal(view.name, [first.margin], branched=False, candidates=[draft.text])
     candidates = union([draft], [v.name for v in state.views])
-    return Round(index, [proposal], candidates, 0, draft.text, fast_path=True, unit="word")
+    return Round(index, [proposal], candidates, 0, draft.text, fast_path=True, unit="solo")
 
 
 def first_step(state: DecodeState, member: int) -> TopK:
