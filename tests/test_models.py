@@ -314,9 +314,16 @@ def test_instructions_evidence_on_a_zero_shot_translation_prompt(zoo_members, sh
 
 
 def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivia_prompt):
-    # Automatic weights from prompt evidence, the adaptive unit and the confidence combiner on llama.cpp members.
+    # Automatic weights from prompt evidence, the adaptive unit and the confidence combiner on llama.cpp members
+    # (nobody benched, so every member takes part in the rounds these options shape).
     cfg = DecodeConfig(
-        weights="auto", granularity="adaptive", combiner="confidence", normalise="word", stop=("\n",), max_new_tokens=24
+        weights="auto",
+        granularity="adaptive",
+        combiner="confidence",
+        normalise="word",
+        stop=("\n",),
+        max_new_tokens=24,
+        min_weight=0.0,
     )
     first = Ensemble(zoo_members).generate(trivia_prompt, cfg)
     Ensemble(zoo_members).generate(trivia_prompt + " Paris", DecodeConfig(max_new_tokens=4))  # something else
