@@ -14,12 +14,10 @@ from adafuse.backends.base import Step, TopK
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
 from adafuse.decoding.loop import output_tokens
 from adafuse.decoding.parallel import map_active
-from adafuse.decoding.proposals import DraftWriter, write_draft, write_drafts
+from adafuse.decoding.proposals import UNBOUNDED_WORDS, DraftWriter, write_draft, write_drafts
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.result import Proposal, Round
-
-_ANY_WORDS = 1 << 30
 
 
 def adafuse_round(state: DecodeState, index: int) -> Round:
@@ -74,13 +72,14 @@ def solo_round(state: DecodeState, index: int) -> Round:
     first = view.member.next_token(context, cfg.top_k)
     # What is left of the budget, as ``single``'s one draft has it: a last round may not run past it to an end token.
     left = max(1, cfg.max_new_tokens - output_tokens(state))
-    writer = DraftWriter(state, i, _ANY_WORDS, None, left, unit_tokens=SOLO_ROUND_TOKENS)
+    writer = DraftWriter(state, i, UNBOUNDED_WORDS, None, left, unit_tokens=SOLO_ROUND_TOKENS)
     draft = write_draft(state, i, Step(first, first.ids[0]), writer)
-    # The tokens spell the text unless a stop string cut it or the last one ends inside a character; then the
-    # next round reads the text re-tokenised (the answer ends at a stop anyway).
-    spelled = b"".join(view.member.token_bytes(t) for t in draft.tokens if not view.member.is_eog(t))
-    if spelled == draft.text.encode("utf-8"):
-        view.continue_with(state.committed + draft.text, context + draft.tokens)
+    # The tokens spell the text unless a stop string cut it (the loop then ends the answer, as it ends single's) or
+    # the last one ends inside a character: then the next round reads the text re-tokenised, the one place where
+    # the two could part.
+    ids = [t for t in draft.tokens if not view.member.is_eog(t)]
+    if b"".join(view.member.token_bytes(t) for t in ids) == draft.text.encode("utf-8"):
+        view.continue_with(state.committed + draft.text, context + ids)
     proposal = Proposal(view.name, [first.margin], branched=False, candidates=[draft.text])
     candidates = union([draft], [v.name for v in state.views])
     return Round(index, [proposal], candidates, 0, draft.text, fast_path=True, unit="solo")

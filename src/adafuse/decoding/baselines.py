@@ -14,13 +14,11 @@ import math
 
 from adafuse.backends.base import Step
 from adafuse.config import DecodeConfig
-from adafuse.decoding.proposals import DraftWriter, write_draft
+from adafuse.decoding.proposals import UNBOUNDED_WORDS, DraftWriter, write_draft
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.decoding.words import decode_utf8_prefix
 from adafuse.result import Proposal, Round
-
-_UNBOUNDED_WORDS = 1 << 30
 
 
 def _draft_round(state: DecodeState, index: int, unit: str) -> Round:
@@ -48,9 +46,9 @@ def _draft_round(state: DecodeState, index: int, unit: str) -> Round:
 def _writer(state: DecodeState, member: int, unit: str, cfg: DecodeConfig) -> DraftWriter:
     if unit == "span":
         return DraftWriter(
-            state, member, _UNBOUNDED_WORDS, None, cfg.span_tokens + cfg.word_token_cap, min_tokens=cfg.span_tokens
+            state, member, UNBOUNDED_WORDS, None, cfg.span_tokens + cfg.word_token_cap, min_tokens=cfg.span_tokens
         )
-    return DraftWriter(state, member, _UNBOUNDED_WORDS, None, cfg.max_new_tokens)
+    return DraftWriter(state, member, UNBOUNDED_WORDS, None, cfg.max_new_tokens)
 
 
 def single_round(state: DecodeState, index: int) -> Round:

@@ -11,6 +11,9 @@ from adafuse.decoding.state import DecodeState
 from adafuse.decoding.stopping import find_stop
 from adafuse.decoding.words import decode_utf8_prefix, word_ends
 
+#: ``max_words`` for a draft that ends for another reason (a token count, a stop, the end, the budget).
+UNBOUNDED_WORDS = 1 << 30
+
 
 @dataclass
 class DraftWriter:
