@@ -26,10 +26,10 @@ What is scored (``auto_evidence``):
   gets no evidence. It measures who models the task's own wording, not the input: on Flores de-en the whole
   prompt is mostly the German source and trusts Gemma, the English instructions trust Qwen-Coder (0.94, Gemma
   0.06); on en-de they trust Qwen-Coder alone, the best translator of the three by far. A weak witness, measured
-  on five instruction texts: on TriviaQA's, NQ's and both Flores ones it trusts the member best at the task
-  alone, or one of the two best; on SQuAD's it would trust SmolLM2, the weakest there (the SQuAD prompt has
-  worked answers, so this never acts). Equal weights, the alternative, put translation below both good members
-  (docs/RESULTS.md, "Eighth session").
+  on five instruction texts: on NQ's and both Flores ones it trusts the member best at the task alone, or one
+  of the two best (TriviaQA's one line is under the floor); on SQuAD's it would trust SmolLM2, the weakest there
+  (the SQuAD prompt has worked answers, so this never acts). Equal weights, the alternative, put translation
+  below Qwen-Coder alone in both directions and de-en below Gemma too (docs/RESULTS.md, "Eighth session").
 * ``answers``: worked answers, falling back to ``prompt`` when there is none.
 * ``prompt``: every token of the prompt, when every member reads the same text; prompts rendered with each
   member's own chat template differ, and then there is no evidence and the given weights stand.
