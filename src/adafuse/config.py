@@ -64,8 +64,7 @@ class DecodeConfig:
     #: the heaviest member always stays. At the default sharpness 0.05 benches a member about 0.03 nats per byte
     #: behind the best on the evidence. The evidence can rule a member out; its proposals, judged by the trusted
     #: member, then lost more items than they won (docs/RESULTS.md, "Eighth session"), and benching makes the
-    #: request as cheap as one member's. Equal or given weights this far apart are rare, so without evidence
-    #: everyone stays.
+    #: request as cheap as one member's. Equal weights bench no one (up to 20 members); given weights can.
     min_weight: float = 0.05
     #: what a member left voting alone (the others benched or dropped, or an ensemble of one) does: False writes
     #: its greedy answer, as ``single`` does; True keeps AdaFuse's round, branching at its uncertain tokens and
