@@ -45,8 +45,8 @@ the next.)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
@@ -97,6 +97,8 @@ class _Tokens:
     ids: list[int]
     ranges: list[Span]
     spans: list[Span]
+    #: the tokens spell the prompt byte for byte, so byte ranges of its text can be located in them.
+    aligned: bool = True
 
     def answer_tokens(self) -> int:
         """How many leading tokens hold the evidence text: the least that reaches the last span's end."""
@@ -126,7 +128,7 @@ class _Tokens:
         return total / max(1, scored)
 
 
-def _tokens(state: DecodeState, member: int, locate: Callable[[str], list[Span]]) -> _Tokens:
+def _tokens(state: DecodeState, member: int) -> _Tokens:
     view = state.views[member]
     ids = view.ids("")
     pieces = [view.member.token_bytes(t) for t in ids]
@@ -136,18 +138,20 @@ def _tokens(state: DecodeState, member: int, locate: Callable[[str], list[Span]]
         ranges.append((at, at + len(piece)))
         at += len(piece)
     aligned = b"".join(pieces) == view.prompt.encode("utf-8")
-    return _Tokens(ids, ranges, locate(view.prompt) if aligned else [])
+    return _Tokens(ids, ranges, answer_spans(view.prompt) if aligned else [], aligned)
 
 
 def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | None:
     """Each active member's evidence NLL per byte, and which text it was measured on ("answers", "instructions" or
     "prompt"); None if there is no evidence (see ``auto_evidence``) or a member cannot tell."""
     mode = state.config.auto_evidence
-    toks = {i: _tokens(state, i, answer_spans) for i in state.active}
+    toks = {i: _tokens(state, i) for i in state.active}
     # Every member is judged on the same text: the answers, when every member's tokens locate them.
     scored = "answers" if mode != "prompt" and all(t.spans for t in toks.values()) else "prompt"
     if scored == "prompt" and mode == "instructions":
-        toks = {i: _tokens(state, i, instruction_spans) for i in state.active}
+        toks = {
+            i: replace(t, spans=instruction_spans(state.views[i].prompt) if t.aligned else []) for i, t in toks.items()
+        }
         scored = "instructions" if all(t.spans for t in toks.values()) else ""
     if not scored or (scored == "prompt" and mode == "answers_only"):
         return None
