@@ -1,6 +1,7 @@
 """Where the resident memory goes: the interpreter and libraries, each member as it loads, one generation.
 
 Usage: ADAFUSE_DATA=../shared/data python benchmarks/memory.py [--n-ctx 4096] [--no-repack] [--task triviaqa]
+       [--weights auto|equal] [--no-healing]
 Prints resident memory (MiB) after each step and the sum of the model files, so the overhead over the weights can
 be split into what Python brings, what each llama.cpp context adds (KV cache: cells x layers x 2 x kv width x 2 B,
 where the cells start at 512 and double up to n_ctx as requests need them; compute buffers; repacked weights) and
@@ -27,6 +28,13 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--no-repack", action="store_true", help="keep llama.cpp from repacking weights into a copy")
     ap.add_argument("--task", default="triviaqa", help="the generation runs on this task's first dev prompt")
+    ap.add_argument(
+        "--weights",
+        default="auto",
+        choices=("auto", "equal"),
+        help="auto: the library's default (one evidence read of the prompt per member); equal: the paper's setting",
+    )
+    ap.add_argument("--no-healing", action="store_true", help="token healing off (no vocabulary index is built)")
     args = ap.parse_args()
     print(f"interpreter: {rss_mib()} MiB")
     import llama_cpp  # noqa: F401
@@ -45,9 +53,12 @@ def main() -> None:
         print(f"+ {name}: {rss_mib()} MiB")
     task = load_task(args.task)
     prompt = task.build_prompt(task.items(limit=1)[0].question)
-    # The paper's setting, as docs/PERFORMANCE.md measured it (the default adds one evidence read per task).
     cfg = DecodeConfig(
-        weights="equal", stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed
+        weights=args.weights,
+        token_healing=not args.no_healing,
+        stop=task.stop,
+        max_new_tokens=task.max_new_tokens,
+        stop_at_boxed=task.stop_at_boxed,
     )
     Ensemble(members).generate(prompt, cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024

@@ -37,6 +37,8 @@ _EVIDENCE_KEPT = 32
 _CHUNK = 64
 # KV cells a context starts with; it grows by doubling up to the member's window (``LlamaCppMember._grow``).
 _INITIAL_CTX = 512
+# Rows of an evidence chunk normalised together (``_row_logsumexp``): 4 x 262k floats is 4 MiB of scratch.
+_LSE_BLOCK = 4
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
@@ -69,6 +71,24 @@ def _check_gguf(path: Path) -> None:
 def _logsumexp(row: np.ndarray) -> float:
     m = float(row.max())
     return m + float(np.log(np.exp(row - m).sum()))
+
+
+def _row_logsumexp(rows: np.ndarray, block: int = _LSE_BLOCK) -> np.ndarray:
+    """log-sum-exp of every row of a chunk's logits, ``block`` rows at a time in one reused buffer.
+
+    The whole chunk at once made two temporaries the size of llama.cpp's output (64 x 262k floats for Gemma: 64 MiB
+    each), which set the process's peak memory. Each row is reduced alone either way, so the numbers are the same.
+    """
+    out = np.empty(len(rows), dtype=np.float64)
+    buf = np.empty((min(block, len(rows)), rows.shape[1]), dtype=rows.dtype)
+    for lo in range(0, len(rows), block):
+        part = rows[lo : lo + block]
+        tmp = buf[: len(part)]
+        peak = part.max(axis=1, keepdims=True)
+        np.subtract(part, peak, out=tmp)
+        np.exp(tmp, out=tmp)
+        out[lo : lo + len(part)] = peak[:, 0] + np.log(tmp.sum(axis=1))
+    return out
 
 
 class LlamaCppMember:
@@ -366,8 +386,7 @@ class LlamaCppMember:
             chunk = tokens[lo : lo + (_CHUNK - pos % _CHUNK)]
             self._decode_chunk(chunk, pos, every_row=True, last_row=True)
             rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(len(chunk), self.n_vocab))
-            peak = rows.max(axis=1, keepdims=True)
-            lse = (peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))).astype(np.float64)
+            lse = _row_logsumexp(rows)
             for i, tok in enumerate(chunk):
                 # The row before a chunk's first token is the previous chunk's last.
                 if i > 0:
