@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -50,6 +51,10 @@ CORPUS = [
     "hello world, hello there, the world is quick and brown",
     "def fibonacci(n): return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)",
 ] * 20
+
+# The tiny-model tests run on CPU; ``ADAFUSE_TEST_DEVICE=cuda`` runs the same checks on a GPU (float32, so the
+# exactness tolerances still hold; bfloat16 has its own test below).
+TEST_DEVICE = os.environ.get("ADAFUSE_TEST_DEVICE", "cpu")
 
 SURFACE_TEXTS = [" George V.", "hello world", "Line one\n\nLine two", " 12 + 30 = 42.", "Le café était crème brûlée 🙂"]
 
@@ -139,7 +144,9 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dirs) -> dict[str, HFMember]:
-    members = {name: HFMember(path, name=name, n_ctx=256, n_threads=2) for name, path in tiny_dirs.items()}
+    members = {
+        name: HFMember(path, name=name, n_ctx=256, n_threads=2, device=TEST_DEVICE) for name, path in tiny_dirs.items()
+    }
     yield members
     for m in members.values():
         m.close()
@@ -148,8 +155,8 @@ def tiny(tiny_dirs) -> dict[str, HFMember]:
 def fresh_logprobs(member: HFMember, ids: list[int]) -> np.ndarray:
     """Next-token log-probabilities after ``ids`` from one full forward pass, no cache involved."""
     with torch.inference_mode():
-        logits = member._model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
-    return torch.log_softmax(logits.float(), dim=-1).numpy()
+        logits = member._model(input_ids=torch.tensor([ids], device=member.device), use_cache=False).logits[0, -1]
+    return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
 
 
 def member_logprobs(member: HFMember, ids: list[int]) -> np.ndarray:
@@ -342,6 +349,13 @@ def test_next_token_is_sorted_by_logprob_then_id(tiny):
 FEW_SHOT = "".join(f"Question: what is {a} + {b}?\nAnswer: {a + b}\n\n" for a, b in [(1, 2), (12, 30), (7, 8), (5, 5)])
 
 
+def stable(res) -> str:
+    """A result without its timings, to compare two runs byte for byte."""
+    d = res.to_dict()
+    d["telemetry"] = {k: v for k, v in d["telemetry"].items() if k not in ("wall_seconds", "members")}
+    return json.dumps(d, sort_keys=True)
+
+
 def test_ensemble_of_two_tiny_members_generates_deterministically(tiny, tiny_dirs):
     cfg = DecodeConfig(max_new_tokens=12)
     first_q = FEW_SHOT + "Question: what is 2 + 2?\nAnswer:"
@@ -349,12 +363,9 @@ def test_ensemble_of_two_tiny_members_generates_deterministically(tiny, tiny_dir
     # The shared few-shot block spans whole 64-token chunks that a later request may reuse.
     assert all(len(tiny[n].tokenize(FEW_SHOT)) > 64 for n in ("qwen-bl", "llama-sp"))
 
-    def stable(res):
-        d = res.to_dict()
-        d["telemetry"] = {k: v for k, v in d["telemetry"].items() if k not in ("wall_seconds", "members")}
-        return json.dumps(d, sort_keys=True)
-
-    fresh = [HFMember(tiny_dirs[n], name=n, n_ctx=256, n_threads=2) for n in ("qwen-bl", "llama-sp")]
+    fresh = [
+        HFMember(tiny_dirs[n], name=n, n_ctx=256, n_threads=2, device=TEST_DEVICE) for n in ("qwen-bl", "llama-sp")
+    ]
     try:
         alone = Ensemble(fresh).generate(first_q, cfg)
     finally:
@@ -371,6 +382,37 @@ def test_ensemble_of_two_tiny_members_generates_deterministically(tiny, tiny_dir
     assert stable(warm) == stable(alone) == stable(again)
     for tel in again.telemetry.members:
         assert tel.tokens_reused >= 64, tel
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bfloat16_on_cuda_answers_the_same_whatever_ran_before(tiny_dirs):
+    # What a GPU user gets with dtype="auto": bfloat16, whose kernels change with the batch's shape. A request
+    # must still get the same answer on fresh members as on members that served another request first.
+    cfg = DecodeConfig(max_new_tokens=12)
+    first_q = FEW_SHOT + "Question: what is 2 + 2?\nAnswer:"
+    other_q = FEW_SHOT + "Question: the quick brown fox?\nAnswer:"
+
+    def members() -> list[HFMember]:
+        return [HFMember(tiny_dirs[n], name=n, n_ctx=256, device="cuda", dtype="auto") for n in ("qwen-bl", "llama-sp")]
+
+    fresh = members()
+    assert all(m.dtype == torch.bfloat16 and m.device.type == "cuda" for m in fresh)
+    try:
+        alone = Ensemble(fresh).generate(first_q, cfg)
+    finally:
+        for m in fresh:
+            m.close()
+    used = members()
+    try:
+        ens = Ensemble(used)
+        ens.generate(other_q, cfg)
+        after_other = ens.generate(first_q, cfg)
+        again = ens.generate(first_q, cfg)
+    finally:
+        for m in used:
+            m.close()
+    assert alone.text and alone.rounds
+    assert stable(after_other) == stable(alone) == stable(again)
 
 
 # -- errors -------------------------------------------------------------------------------------------------------
