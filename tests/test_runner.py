@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from adafuse.cli import app
 from adafuse.config import DecodeConfig
+from adafuse.decoding.evidence import EVIDENCE_READ, EVIDENCE_READ_FORMERLY
 from adafuse.ensemble import Ensemble
 from adafuse.errors import ConfigError, DataError, MemberError
 from adafuse.evaluation import metrics
@@ -418,7 +419,11 @@ def test_automatic_weights_recorded_before_evidence_read_every_worked_answer_are
     out = tmp_path / "run"
     run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, limit=1, progress=False)
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["identity"]["evidence_read"].startswith("every token up to the last worked answer")
+    assert manifest["identity"]["evidence_read"] == EVIDENCE_READ
+    # The same rule in the words earlier sessions recorded it with: the run resumes.
+    manifest["identity"]["evidence_read"] = EVIDENCE_READ_FORMERLY[0]
+    (out / "run.json").write_text(json.dumps(manifest))
+    assert run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, limit=2, progress=False)["n"] == 2
     del manifest["identity"]["evidence_read"]  # as a run of the rule that read whole 64-token blocks
     (out / "run.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match="evidence_read: None now 'every token"):

@@ -55,7 +55,14 @@ Span = tuple[int, int]
 #: The shortest instructions worth reading (``instructions``): a one-line question is no task description.
 MIN_INSTRUCTION_BYTES = 100
 #: What a read covers, recorded with every evaluation run that uses automatic weights (``evaluation/runner.py``).
-EVIDENCE_READ = "every token up to the last worked answer (else of the whole prompt), per byte of the answers"
+EVIDENCE_READ = (
+    "every token up to the end of the evidence (the worked answers, else what auto_evidence names), per byte of it"
+)
+#: Earlier descriptions of the same rule, kept so that the runs recorded under them resume. The rule is unchanged
+#: since the first of them; the instructions fallback came with the ``auto_evidence`` value that names it.
+EVIDENCE_READ_FORMERLY = (
+    "every token up to the last worked answer (else of the whole prompt), per byte of the answers",
+)
 
 
 def answer_spans(prompt: str) -> list[Span]:

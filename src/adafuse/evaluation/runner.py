@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from adafuse.config import DecodeConfig
-from adafuse.decoding.evidence import EVIDENCE_READ
+from adafuse.decoding.evidence import EVIDENCE_READ, EVIDENCE_READ_FORMERLY
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError, DataError
 from adafuse.evaluation.tasks import Item, Task
@@ -259,6 +259,8 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
             continue
         if key == "prompt_sha256":
             diffs.append("the prompt file's text")
+        elif key == "evidence_read" and value == EVIDENCE_READ and old in EVIDENCE_READ_FORMERLY:
+            continue  # the same rule, described in older words
         elif key == "config" and isinstance(old, dict):
             # A run recorded before an option existed ran with that option's default, or with what the option
             # now names when its default is not what the code did before it existed.
