@@ -1,12 +1,13 @@
 """Is method A's six-task average really above method B's? A paired bootstrap over each task's items.
 
 Usage: python benchmarks/paired_bootstrap.py STUDY_DIR A B [--sizes triviaqa=50,nq=30,...] [--resamples 2000]
+       [--tasks triviaqa,nq,squad]
 
 Reads STUDY_DIR/<task>/<label>/predictions.jsonl (the runs `adafuse compare` writes) for the two labels, keeps the
 items both have (the first N by index when --sizes gives N), and resamples each task's items with replacement, the
 same draw for both methods (`adafuse.evaluation.compare.bootstrap_values`, one seed per task): EM for the QA tasks,
 numeric match for GSM8K, corpus BLEU for Flores. Prints the observed difference of the six-task averages and its
-95% interval.
+95% interval. ``--tasks`` compares the average over fewer tasks, where one method was run on those alone.
 """
 
 from __future__ import annotations
@@ -47,12 +48,17 @@ def main() -> None:
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--sizes", default=STUDY_SIZES, help="task=N,... (items per task, from the first index)")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="the tasks to average over (default: all six)")
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     sizes = {k: int(v) for k, v in (kv.split("=") for kv in args.sizes.split(","))}
+    tasks = args.tasks.split(",")
+    unknown = [t for t in tasks if t not in TASKS or t not in sizes]
+    if unknown:
+        raise SystemExit(f"--tasks: {', '.join(unknown)} not among {', '.join(TASKS)} or missing from --sizes")
     paired: dict[str, list[tuple[dict, dict]]] = {}
-    for task in TASKS:
+    for task in tasks:
         a, b = (load(args.study / task / label / "predictions.jsonl") for label in (args.a, args.b))
         common = sorted(set(a) & set(b))[: sizes[task]]
         if len(common) < sizes[task]:
@@ -79,7 +85,7 @@ def main() -> None:
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     above = float((diffs > 0).mean())
     print(
-        f"{args.a} minus {args.b}, six-task average: {observed:+.2f} (95% interval [{lo:+.2f}, {hi:+.2f}]; "
+        f"{args.a} minus {args.b}, {len(paired)}-task average: {observed:+.2f} (95% interval [{lo:+.2f}, {hi:+.2f}]; "
         f"above zero in {100 * above:.1f}% of {len(diffs)} resamples)"
     )
 
