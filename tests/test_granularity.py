@@ -411,6 +411,12 @@ def test_a_member_left_voting_alone_writes_its_greedy_answer():
     assert res.text == single.text == " Rome" and res.finish_reason == single.finish_reason == "eos"
     assert not res.rounds[0].proposals[0].branched and res.rounds[0].fast_path
     assert Ensemble([lone()]).generate("Q:", DecodeConfig(beam=2, solo_branching=True)).text == " Romania"
+    # So the study's theta x B grid is the default itself wherever one member is left (docs/RESULTS.md).
+    default = Ensemble([lone()]).generate("Q:", DecodeConfig()).to_dict()["rounds"]
+    for theta in (0.3, 0.5, 0.7, 0.9):
+        for beam in (1, 3):
+            grid = Ensemble([lone()]).generate("Q:", DecodeConfig(theta=theta, beam=beam))
+            assert grid.to_dict()["rounds"] == default and grid.text == single.text
     # Left alone by the floor: the other member is benched, and the one that stays writes greedily too.
     other = ScriptedMember("o", [" Rome", " Ro", "man", "ia"], table({"": {" Ro": 0.9}, " Ro": {"man": 0.99}}), "Q:")
     res = Ensemble([lone(), other]).generate("Q:", DecodeConfig(beam=2, weights=(0.97, 0.03)))
