@@ -6,8 +6,10 @@ control; the real-model tests prove the same code on llama.cpp.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from adafuse.backends.base import MemberStats, Step, TopK, greedy_by_steps
 
@@ -132,3 +134,10 @@ def table(rows: dict[str, dict[str, float]], default: dict[str, float] | None = 
         return default if default is not None else {EOS: 0.99}
 
     return script
+
+
+def stable_json(result: Any) -> str:
+    """A generation result without its timings and per-member counters, to compare two runs byte for byte."""
+    d = result.to_dict()
+    d["telemetry"] = {k: v for k, v in d["telemetry"].items() if k not in ("wall_seconds", "members")}
+    return json.dumps(d, sort_keys=True)
