@@ -10,13 +10,7 @@ import pytest
 from fakes import EOS, ScriptedMember, table
 
 from adafuse.config import DecodeConfig
-from adafuse.decoding.evidence import (
-    MIN_INSTRUCTION_BYTES,
-    answer_spans,
-    evidence_weights,
-    extractive,
-    instruction_spans,
-)
+from adafuse.decoding.evidence import MIN_INSTRUCTION_BYTES, answer_spans, evidence_weights, instruction_spans
 from adafuse.decoding.granularity import (
     GranularityPolicy,
     Signals,
@@ -289,54 +283,6 @@ def test_worked_answers_are_found_after_every_earlier_cue():
     assert answer_spans("Translate into German.\n\nEnglish: a cat\nGerman:") == []
     assert answer_spans("Q: a?\nAnswer:\n\nQ: b?\nAnswer:") == []
     assert answer_spans("") == answer_spans("\n\n") == []
-
-
-def test_a_prompt_is_extractive_when_every_worked_answer_is_copied_from_its_question():
-    reading = (
-        "Read.\n\nQuestion:\nOslo is cold. What is cold?\nAnswer:\nOslo\n\nQuestion:\nRome is old. What?\nAnswer:\nRome"
-    )
-    assert extractive(reading + "\n\nQuestion:\nBergen is wet. What is wet?\nAnswer:")
-    # Recalled answers (TriviaQA's), one copied answer among recalled ones, one worked answer alone, an answer
-    # copied from another example's question, no worked answer at all.
-    assert not extractive("Question: Who married Mary of Teck?\nAnswer: George V.\n\nQuestion: Who?\nAnswer:")
-    assert not extractive(reading.replace("Answer:\nRome", "Answer:\nNaples") + "\n\nQuestion:\nx\nAnswer:")
-    assert not extractive("Question:\nOslo is cold. What?\nAnswer:\nOslo\n\nQuestion:\nx\nAnswer:")
-    assert not extractive(reading.replace("Rome is old", "Oslo is old") + "\n\nQuestion:\nx\nAnswer:")
-    assert not extractive("Translate into German.\n\nEnglish: a cat\nGerman:") and not extractive("")
-
-
-READING = "Q: Oslo is cold. What is cold?\nA: Oslo\n\nQ: Rome is old. What is old?\nA: Rome\n\nQ: Bergen is wet.\nA:"
-
-
-def reader(name: str, probs: dict[str, float], logprob: float) -> ScriptedMember:
-    m = ScriptedMember(name, [" Oslo", " Rome", " Bergen", " Paris"], table({"": probs}), prompt=READING)
-    m.prompt_logprob = logprob
-    return m
-
-
-def test_an_extractive_request_mixes_every_members_probabilities_token_by_token():
-    # b predicts the worked answers far better, so the evidence trusts it alone; but a is sure of the word it
-    # reads off the passage and b half prefers another: their averaged probability of it (0.9 and 0.4, against
-    # 0.05 and 0.5) carries it.
-    def ensemble() -> Ensemble:
-        return Ensemble(
-            [reader("a", {" Bergen": 0.9, " Paris": 0.05}, -40.0), reader("b", {" Paris": 0.5, " Bergen": 0.4}, -2.0)]
-        )
-
-    cfg = DecodeConfig(beam=2, max_new_tokens=4)
-    mixed = ensemble().generate(READING, cfg)
-    assert mixed.text == " Bergen" and mixed.telemetry.mixed
-    assert all(r.unit == "token" for r in mixed.rounds)
-    # Nobody is benched and no evidence is read: the given weights (equal) stand.
-    assert mixed.telemetry.weights == {"a": 0.5, "b": 0.5} and mixed.telemetry.benched == []
-    assert mixed.telemetry.evidence is None
-    # The token baseline is that same mixture.
-    assert ensemble().generate(READING, replace(cfg, method="token")).text == mixed.text
-    # "choose": the evidence benches a, and b writes its own answer.
-    chosen = ensemble().generate(READING, replace(cfg, extractive="choose"))
-    assert chosen.text == " Paris" and not chosen.telemetry.mixed and chosen.telemetry.benched == ["a"]
-    with pytest.raises(ConfigError, match="unknown extractive 'always'"):
-        DecodeConfig(extractive="always")
 
 
 def test_auto_weights_judge_members_on_the_worked_answers_only():

@@ -415,31 +415,6 @@ def test_runs_recorded_before_solo_branching_resume_with_it_on(tmp_path, task, z
     assert run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal"), paper, limit=2, progress=False)["n"] == 2
 
 
-def test_runs_recorded_before_extractive_mixing_resume_where_it_cannot_act(tmp_path, task, zoo):
-    # PROMPT's one worked answer shows nothing: the option cannot act on this task, and an old run resumes.
-    out = tmp_path / "run"
-    run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=1, progress=False)
-    manifest = json.loads((out / "run.json").read_text())
-    assert "extractive" not in manifest["identity"]["config"]
-    assert run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=2, progress=False)["n"] == 2
-    # Worked answers copied from their questions: today's default mixes, so a run from before it is another run.
-    prompt = tmp_path / "prompt.txt"
-    prompt.write_text(
-        "Question: Paris is a city. Which city?\nAnswer: Paris\n\nQuestion: Rome is old. What is old?\nAnswer: Rome\n"
-    )
-    reading = custom_task(tmp_path / "data.jsonl", prompt, kind="qa", name="reading")
-    out = tmp_path / "reading"
-    summary = run_eval(reading, zoo.ensemble(), DecodeConfig(), out, limit=1, progress=False)
-    assert summary["telemetry"]["mixed_items"] == 1
-    manifest = json.loads((out / "run.json").read_text())
-    manifest["identity"]["config"].pop("extractive")  # the option did not exist yet
-    (out / "run.json").write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="config.extractive: 'choose' now 'mix'"):
-        run_eval(reading, zoo.ensemble(), DecodeConfig(), out, progress=False)
-    summary = run_eval(reading, zoo.ensemble(), DecodeConfig(extractive="choose"), out, limit=2, progress=False)
-    assert summary["n"] == 2 and summary["config"]["extractive"] == "choose"
-
-
 def test_automatic_weights_recorded_before_evidence_read_every_worked_answer_are_not_mixed(tmp_path, task, zoo):
     out = tmp_path / "run"
     run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, limit=1, progress=False)

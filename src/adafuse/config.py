@@ -14,7 +14,6 @@ NORMALISATIONS = ("auto", "token", "char", "sum", "word")
 METHODS = ("adafuse", "token", "span", "sample", "single")
 COMBINERS = ("mean", "confidence", "vote")
 AUTO_EVIDENCE = ("answers_only", "answers", "instructions", "prompt")
-EXTRACTIVE = ("mix", "choose")
 #: weights spelled by name (every interface accepts these; "default" is the field's own default).
 NAMED_WEIGHTS = ("auto", "equal")
 # One wording of the new options for every command line that offers them.
@@ -67,13 +66,6 @@ class DecodeConfig:
     #: member, then lost more items than they won (docs/RESULTS.md, "Eighth session"), and benching makes the
     #: request as cheap as one member's. Equal weights bench no one (up to 20 members); given weights can.
     min_weight: float = 0.05
-    #: what adafuse does with an extractive request, one whose worked answers are all copied verbatim from their
-    #: own questions (reading comprehension such as SQuAD; decoding/evidence.py, ``extractive``). "mix": every
-    #: member's probabilities are averaged one token at a time over the pool of their top-k tokens (the ``token``
-    #: round, with the given weights, nobody benched): each member reads the answer off the same passage, and the
-    #: one that is sure of the next token carries it, where the evidence weights trust one member's reading alone.
-    #: "choose": the same as any other request. docs/RESULTS.md, "Eleventh session".
-    extractive: str = "mix"
     #: what a member left voting alone (the others benched or dropped, or an ensemble of one) does: False writes
     #: its greedy answer, as ``single`` does; True keeps AdaFuse's round, branching at its uncertain tokens and
     #: judging its own branches by itself, which the per-token score biases towards words of many easy tokens
@@ -140,8 +132,6 @@ class DecodeConfig:
             raise ConfigError(f"auto_sharpness must be a finite number >= 0, got {self.auto_sharpness!r}")
         if not (isinstance(self.min_weight, int | float) and 0.0 <= self.min_weight < 1.0):
             raise ConfigError(f"min_weight must be a number in [0, 1), got {self.min_weight!r}")
-        if self.extractive not in EXTRACTIVE:
-            raise ConfigError(f"unknown extractive {self.extractive!r}; choose one of {', '.join(EXTRACTIVE)}")
         if self.auto_evidence not in AUTO_EVIDENCE:
             raise ConfigError(f"unknown auto_evidence {self.auto_evidence!r}; choose one of {', '.join(AUTO_EVIDENCE)}")
         if isinstance(self.weights, str):

@@ -76,8 +76,6 @@ class Telemetry:
     evidence: str | None = None
     #: the normalisation the candidates' scores used (``normalise="auto"`` resolved).
     normalise: str = ""
-    #: AdaFuse mixed every member's probabilities token by token (an extractive request, ``extractive="mix"``).
-    mixed: bool = False
 
     @property
     def tokens_evaluated(self) -> int:

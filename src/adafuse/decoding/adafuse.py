@@ -5,14 +5,12 @@ setting) while they stay confident; uncertain members branch on their top-B firs
 distinct candidates are scored by every member and the lowest weighted mean NLL wins. When every member proposes
 the same single string, scoring cannot change the choice, so it is skipped (the fast path). A member left voting
 alone has no one to judge its branches, so it writes its greedy answer (``solo_round``; ``solo_branching`` keeps
-the AdaFuse round for it). An extractive request (every worked answer copied from its question) is decoded as
-a probability mixture of every member, one token at a time (``token_round``; ``DecodeConfig.extractive``).
+the AdaFuse round for it).
 """
 
 from __future__ import annotations
 
 from adafuse.backends.base import Step, TopK
-from adafuse.decoding.baselines import token_round
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
 from adafuse.decoding.loop import output_tokens
 from adafuse.decoding.parallel import map_active
@@ -24,8 +22,6 @@ from adafuse.result import Proposal, Round
 
 def adafuse_round(state: DecodeState, index: int) -> Round:
     cfg = state.config
-    if state.mixing:
-        return token_round(state, index)
     if len(state.active) == 1 and not cfg.solo_branching:
         return solo_round(state, index)
     firsts: dict[int, TopK] = {}

@@ -86,32 +86,6 @@ def answer_spans(prompt: str) -> list[Span]:
     return spans
 
 
-#: The fewest worked answers that can show a request is extractive: one copied answer may be a coincidence.
-MIN_EXTRACTIVE_ANSWERS = 2
-
-
-def extractive(prompt: str) -> bool:
-    """Whether every worked answer (at least ``MIN_EXTRACTIVE_ANSWERS``) is copied verbatim from its own example's
-    question: reading comprehension, where each member reads the answer off the input instead of recalling it.
-
-    An example's question is its text from the blank line before it up to its answer's cue. SQuAD's prompt is
-    extractive (its instructions ask for "an exact substring" and its five answers are); TriviaQA's and NQ's
-    answers are recalled ("George V." for "Which British king married Mary of Teck?"), GSM8K's are worked out, and
-    the Flores prompts and a plain question have no worked answers.
-    """
-    spans = answer_spans(prompt)
-    if len(spans) < MIN_EXTRACTIVE_ANSWERS:
-        return False
-    data = prompt.rstrip().encode("utf-8")
-    mark = len(b"\n" + data.rsplit(b"\n", 1)[-1].strip())
-    for start, end in spans:
-        cue = start - mark
-        question = data[max(0, data.rfind(b"\n\n", 0, cue)) : cue]
-        if data[start:end].strip() not in question:
-            return False
-    return True
-
-
 def instruction_spans(prompt: str) -> list[Span]:
     """The byte range of the prompt's instructions (its text before the last paragraph), or none if shorter than
     ``MIN_INSTRUCTION_BYTES`` or absent."""

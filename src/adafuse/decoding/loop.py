@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from adafuse.decoding.evidence import apply_auto_weights, extractive
+from adafuse.decoding.evidence import apply_auto_weights
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
 from adafuse.decoding.stopping import find_stop
@@ -27,9 +27,8 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     start = time.perf_counter()
     before = {v.name: v.member.stats.snapshot() for v in state.views}
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
-    state.mixing = mixes(state)
     # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill then completes.
-    evidence = apply_auto_weights(state) if cfg.auto_weights and not state.mixing else None
+    evidence = apply_auto_weights(state) if cfg.auto_weights else None
     state.normalise = cfg.normalise_for(evidence is not None)
     weights = {state.views[i].name: state.weights[i] for i in state.active}
     benched = bench(state)
@@ -67,7 +66,6 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         prompt_nll=evidence[0] if evidence else {},
         evidence=evidence[1] if evidence else None,
         normalise=state.normalise,
-        mixed=state.mixing,
     )
     return Result(
         text=state.committed,
@@ -77,17 +75,6 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         method=method,
         models=[v.name for v in state.views],
         config=cfg.to_dict(),
-    )
-
-
-def mixes(state: DecodeState) -> bool:
-    """Whether AdaFuse decodes this request as a token-level probability mixture (``DecodeConfig.extractive``):
-    every member's prompt is extractive, and at least two members vote (one alone has nobody to mix with)."""
-    return (
-        state.config.method == "adafuse"
-        and state.config.extractive == "mix"
-        and len(state.active) > 1
-        and all(extractive(state.views[i].prompt) for i in state.active)
     )
 
 

@@ -70,9 +70,6 @@ class DecodeState:
     #: how candidates' NLLs are normalised in this request (``config.normalise`` resolved; the loop re-resolves
     #: "auto" once it knows whether evidence weights are in force).
     normalise: str = ""
-    #: the request is extractive and ``config.extractive`` is "mix": AdaFuse's rounds mix every member's
-    #: probabilities token by token (the loop decides it once, before the first round).
-    mixing: bool = False
 
     def __post_init__(self) -> None:
         if not self.active:

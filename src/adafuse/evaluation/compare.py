@@ -56,7 +56,6 @@ _KEYS: dict[str, Callable[[str], Any]] = {
     "drop_unfinished": parse_bool,
     "token_healing": parse_bool,
     "solo_branching": parse_bool,
-    "extractive": str,
     "weights": lambda v: v if v in NAMED_WEIGHTS else tuple(float(w) for w in re.split(r"[/:;]", v)),
     "auto_sharpness": float,
     "auto_evidence": str,

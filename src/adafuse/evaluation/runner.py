@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from adafuse.config import DecodeConfig
-from adafuse.decoding.evidence import EVIDENCE_READ, EVIDENCE_READ_FORMERLY, extractive
+from adafuse.decoding.evidence import EVIDENCE_READ, EVIDENCE_READ_FORMERLY
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError, DataError
 from adafuse.evaluation.tasks import Item, Task
@@ -39,20 +39,17 @@ MANIFEST = "run.json"
 LOCK = ".lock"
 #: options whose default differs from what the code did before they existed (automatic weights measured the
 #: whole prompt until ``auto_evidence`` came with the worked-answers default; candidates were scored without
-#: token healing; a member left voting alone branched and judged its own branches; an extractive request was
-#: decoded like any other).
+#: token healing; a member left voting alone branched and judged its own branches).
 BEFORE_IT_EXISTED: dict[str, Any] = {
     "auto_evidence": "prompt",
     "token_healing": False,
     "solo_branching": True,
     "min_weight": 0.0,
-    "extractive": "choose",
 }
 #: options that change nothing for some methods: a run of those methods is the same run whatever they say.
 NO_EFFECT: dict[str, set[str]] = {
     "token_healing": {"single"},
     "solo_branching": {"single", "token", "span", "sample"},  # only AdaFuse's round branches
-    "extractive": {"single", "token", "span", "sample"},
 }
 
 #: The metric a task kind is ranked by; the others are reported beside it.
@@ -237,9 +234,6 @@ def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: 
     cfg["single_member"] = None
     if config.method == "single":
         cfg["weights"] = None
-    if not extractive(task.build_prompt("?")):
-        # The option cannot act on this task's prompts, so runs recorded before it existed are this same run.
-        cfg.pop("extractive")
     identity = {
         "task": task.name,
         "kind": task.kind,
@@ -367,13 +361,11 @@ def aggregate_telemetry(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     members: dict[str, dict[str, int]] = {}
     totals = {"rounds": 0, "fast_path_rounds": 0, "fused_rounds": 0, "output_tokens": 0}
     seconds = 0.0
-    mixed = 0
     for rec in records:
         seconds += float(rec.get("seconds") or 0.0)
         tel = rec.get("telemetry")
         if not tel:
             continue
-        mixed += bool(tel.get("mixed"))
         for key in totals:
             totals[key] += int(tel.get(key, 0))
         for m in tel.get("members", []):
@@ -390,8 +382,6 @@ def aggregate_telemetry(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         **totals,
         "fast_path_rate": totals["fast_path_rounds"] / rounds if rounds else 0.0,
         "fusion_rate": totals["fused_rounds"] / rounds if rounds else 0.0,
-        # items AdaFuse decoded as a token-level mixture (extractive requests, ``DecodeConfig.extractive``)
-        "mixed_items": mixed,
         # None rather than 0 or infinity when nothing was written: the ratio is undefined.
         "tokens_per_output_token": tokens_evaluated / totals["output_tokens"] if totals["output_tokens"] else None,
         "generation_seconds": seconds,

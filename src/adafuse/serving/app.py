@@ -63,7 +63,6 @@ ADAFUSE_OPTIONS = {
     "min_weight": float,
     "token_healing": bool,
     "solo_branching": bool,
-    "extractive": str,
     "trace": bool,
 }
 #: OpenAI fields a greedy ensemble accepts and ignores: sampling knobs have nothing to act on.
