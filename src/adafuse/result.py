@@ -14,7 +14,7 @@ class Candidate:
     text: str
     eos: bool = False
     proposers: list[str] = field(default_factory=list)
-    #: member name -> normalised NLL of this candidate (lower is better); empty on the fast path.
+    #: member name -> NLL per token of this candidate (lower is better); empty on the fast path.
     scores: dict[str, float] = field(default_factory=dict)
     #: weighted mean of ``scores``; None when the round needed no scoring.
     combined: float | None = None
@@ -74,8 +74,6 @@ class Telemetry:
     prompt_nll: dict[str, float] = field(default_factory=dict)
     #: what that NLL was measured on: "answers" (the prompt's worked answers) or "prompt" (all of it).
     evidence: str | None = None
-    #: the normalisation the candidates' scores used (``normalise="auto"`` resolved).
-    normalise: str = ""
 
     @property
     def tokens_evaluated(self) -> int:

@@ -4,8 +4,8 @@ Confident members (top-1 margin >= theta) write up to the round's unit (``max_wo
 setting) while they stay confident; uncertain members branch on their top-B first tokens, one word each. All
 distinct candidates are scored by every member and the lowest weighted mean NLL wins. When every member proposes
 the same single string, scoring cannot change the choice, so it is skipped (the fast path). A member left voting
-alone has no one to judge its branches, so it writes its greedy answer (``solo_round``; ``solo_branching`` keeps
-the AdaFuse round for it).
+alone has no one to judge its branches, so it writes its greedy answer (``solo_round``; docs/RESULTS.md, "Lone
+member").
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from adafuse.backends.base import Step, TopK
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
 from adafuse.decoding.loop import output_tokens
 from adafuse.decoding.parallel import map_active
-from adafuse.decoding.proposals import UNBOUNDED_WORDS, DraftWriter, write_draft, write_drafts
+from adafuse.decoding.proposals import UNBOUNDED_WORDS, WORD_TOKEN_CAP, DraftWriter, write_draft, write_drafts
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.result import Proposal, Round
@@ -22,7 +22,7 @@ from adafuse.result import Proposal, Round
 
 def adafuse_round(state: DecodeState, index: int) -> Round:
     cfg = state.config
-    if len(state.active) == 1 and not cfg.solo_branching:
+    if len(state.active) == 1:
         return solo_round(state, index)
     firsts: dict[int, TopK] = {}
     if cfg.granularity == "adaptive":
@@ -30,7 +30,7 @@ def adafuse_round(state: DecodeState, index: int) -> Round:
         firsts = dict(zip(state.active, map_active(state, lambda i: first_step(state, i)), strict=True))
         unit = adaptive_unit(state, firsts)
     else:
-        unit = fixed_unit(cfg.granularity, cfg.max_words, cfg.granularity_policy)
+        unit = fixed_unit(cfg.granularity, cfg.max_words)
 
     def member_round(i: int) -> tuple[TopK, Proposal, list[Draft]]:
         first = firsts[i] if i in firsts else first_step(state, i)
@@ -42,16 +42,11 @@ def adafuse_round(state: DecodeState, index: int) -> Round:
         firsts[i] = first
         proposals.append(proposal)
         drafts.extend(own)
-    if cfg.drop_unfinished and any(not d.unfinished for d in drafts):
-        # A word that ran into the token cap is usually a runaway repetition, and per-token normalisation makes
-        # such easy-to-predict text look good; the proposal trace still shows it.
-        drafts = [d for d in drafts if not d.unfinished]
     candidates = union(drafts, [v.name for v in state.views])
     fast = len(candidates) == 1 and len(drafts) == len(state.active)
     if fast:
         chosen = 0
     else:
-        state.confidence = {i: top.logprobs[0] for i, top in firsts.items()}
         score_candidates(state, candidates, drafts)
         chosen = select(candidates)
     return Round(index, proposals, candidates, chosen, candidates[chosen].text, fast_path=fast, unit=unit.name)
@@ -99,7 +94,7 @@ def adaptive_unit(state: DecodeState, firsts: dict[int, TopK]) -> Unit:
         kind=text_kind(state.views[state.active[0]].prompt + state.committed),
         words_so_far=words_in(state.committed),
     )
-    return decide(signals, cfg.theta, cfg.max_words, cfg.granularity_policy)
+    return decide(signals, cfg.theta, cfg.max_words)
 
 
 def agree_streak(state: DecodeState) -> int:
@@ -116,7 +111,7 @@ def propose(state: DecodeState, member: int, first: TopK, unit: Unit) -> tuple[P
     cfg = state.config
     view = state.views[member]
     confident = first.margin >= cfg.theta
-    cap = cfg.word_token_cap * unit.max_words
+    cap = WORD_TOKEN_CAP * unit.max_words
     unit_tokens = 1 if unit.name == "token" else None
     if confident:
         writer = DraftWriter(
@@ -125,7 +120,7 @@ def propose(state: DecodeState, member: int, first: TopK, unit: Unit) -> tuple[P
             unit.max_words,
             cfg.theta,
             cap,
-            word_cap=cfg.word_token_cap,
+            word_cap=WORD_TOKEN_CAP,
             boundary=unit.boundary,
             unit_tokens=unit_tokens,
         )
@@ -133,7 +128,7 @@ def propose(state: DecodeState, member: int, first: TopK, unit: Unit) -> tuple[P
         firsts = [first.ids[0]]
     else:
         firsts = list(first.ids[: cfg.beam])
-        writers = [DraftWriter(state, member, 1, None, cfg.word_token_cap, unit_tokens=unit_tokens) for _ in firsts]
+        writers = [DraftWriter(state, member, 1, None, WORD_TOKEN_CAP, unit_tokens=unit_tokens) for _ in firsts]
     drafts = write_drafts(state, member, [Step(first, tok) for tok in firsts], writers)
     margins = [first.margin] + (writers[0].margins if confident else [])
     proposal = Proposal(view.name, margins, branched=not confident, candidates=[d.text for d in drafts])

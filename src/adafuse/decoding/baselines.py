@@ -14,7 +14,7 @@ import math
 
 from adafuse.backends.base import Step
 from adafuse.config import DecodeConfig
-from adafuse.decoding.proposals import UNBOUNDED_WORDS, DraftWriter, write_draft
+from adafuse.decoding.proposals import UNBOUNDED_WORDS, WORD_TOKEN_CAP, DraftWriter, write_draft
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.decoding.words import decode_utf8_prefix
@@ -46,7 +46,7 @@ def _draft_round(state: DecodeState, index: int, unit: str) -> Round:
 def _writer(state: DecodeState, member: int, unit: str, cfg: DecodeConfig) -> DraftWriter:
     if unit == "span":
         return DraftWriter(
-            state, member, UNBOUNDED_WORDS, None, cfg.span_tokens + cfg.word_token_cap, min_tokens=cfg.span_tokens
+            state, member, UNBOUNDED_WORDS, None, cfg.span_tokens + WORD_TOKEN_CAP, min_tokens=cfg.span_tokens
         )
     return DraftWriter(state, member, UNBOUNDED_WORDS, None, cfg.max_new_tokens)
 
@@ -88,7 +88,7 @@ def token_round(state: DecodeState, index: int) -> Round:
         proposals.append(Proposal(view.name, [top.margin], branched=True, candidates=texts))
     candidates = union(drafts, [v.name for v in state.views])
     # Probabilities of whole strings are compared, not per-token averages: score with the raw sum.
-    score_candidates(state, candidates, drafts, normalise="sum")
+    score_candidates(state, candidates, drafts, per_token=False)
     for cand in candidates:
         # Average probabilities (not log-probabilities) across members, as UniTE does; keep "lower is better".
         prob = sum(state.weights[i] * math.exp(-cand.scores[state.views[i].name]) for i in state.active)

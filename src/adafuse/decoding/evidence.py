@@ -11,35 +11,23 @@ with different vocabularies compare fairly) and ``w0_m`` the given weights (equa
 at 100 a member 0.05 nats per byte behind the best keeps under 1% of the vote, and one 0.03 behind under 5%,
 which the default ``min_weight`` benches (decoding/loop.py, ``bench``).
 
-What is scored (``auto_evidence``):
+What is scored:
 
-* ``answers_only``: the worked answers only. The prompt's last line is its cue (``Answer:``, ``Let's think step
-  by step``); the text after each earlier line that starts with the same cue, up to the next blank line, is an
-  answer. Scoring the whole prompt instead mostly measures how well a member models the questions and
-  instructions (on SQuAD, Wikipedia passages), which says little about who answers them. A prompt with no worked
-  answer (a plain question, a zero-shot instruction, a chat request) gives no evidence: the given weights stand.
-  On a one-line question the whole prompt's likelihood trusts the smallest member (SmolLM2 0.98 for "Question:
-  What is the capital of France?", which then answers with an empty line), so guessing from it is no default.
-* ``instructions`` (default): the same, falling back to the prompt's instructions when there is no worked answer:
-  its text before the last paragraph (a zero-shot task description such as the Flores prompts', the same for
-  every item of a task), when that is at least ``MIN_INSTRUCTION_BYTES`` long; a one-line question has none and
-  gets no evidence. It measures who models the task's own wording, not the input: on Flores de-en the whole
-  prompt is mostly the German source and trusts Gemma, the English instructions trust Qwen-Coder (0.94, Gemma
-  0.06); on en-de they trust Qwen-Coder alone, the best translator of the three by far. A weak witness, measured
-  on five instruction texts: on NQ's and both Flores ones it trusts the member best at the task alone, or one
-  of the two best (TriviaQA's one line is under the floor); on SQuAD's it would trust SmolLM2, the weakest there
-  (the SQuAD prompt has worked answers, so this never acts). Equal weights, the alternative, put translation
-  below Qwen-Coder alone in both directions and de-en below Gemma too (docs/RESULTS.md, "Eighth session").
-* ``answers``: worked answers, falling back to ``prompt`` when there is none.
-* ``prompt``: every token of the prompt, when every member reads the same text; prompts rendered with each
-  member's own chat template differ, and then there is no evidence and the given weights stand.
+* the prompt's **worked answers**: the prompt's last line is its cue (``Answer:``, ``Let's think step by step``);
+  the text after each earlier line that starts with the same cue, up to the next blank line, is an answer.
+  Scoring the whole prompt instead mostly measures how well a member models the questions and instructions (on
+  SQuAD, Wikipedia passages), which says little about who answers them.
+* without worked answers, the prompt's **instructions**: its text before the last paragraph (a zero-shot task
+  description such as the Flores prompts', the same for every item of a task), when that is at least
+  ``MIN_INSTRUCTION_BYTES`` long. It measures who models the task's own wording, not the input.
+* otherwise (a plain question, a chat request) there is no evidence and the given weights stand; so too when the
+  members read different texts (each member's own chat template) and there are no worked answers to align.
 
-Each member reads the prompt up to the end of its last worked answer (``answer_tokens``), every token of it:
-the weights are a function of the worked examples alone, the same for every question asked after them, and a
-member's backend remembers the read, so a task's few-shot part is scored once per member, not once per request.
-(An earlier rule read only whole 64-token blocks, so whether the last worked answer counted depended on the length
-of the question after it: on TriviaQA the trusted member flipped between Gemma and Qwen-Coder from one question to
-the next.)
+docs/RESULTS.md, "Member weights", has the figures behind each choice.
+
+Each member reads the prompt up to the end of its evidence (``answer_tokens``), every token of it: the weights are
+a function of the worked examples alone, the same for every question asked after them, and a member's backend
+remembers the read, so a task's few-shot part is scored once per member, not once per request.
 """
 
 from __future__ import annotations
@@ -54,16 +42,6 @@ from adafuse.decoding.state import DecodeState
 Span = tuple[int, int]
 #: The shortest instructions worth reading (``instructions``): a one-line question is no task description.
 MIN_INSTRUCTION_BYTES = 100
-#: What a read covers, recorded with every evaluation run that uses automatic weights (``evaluation/runner.py``).
-EVIDENCE_READ = (
-    "every token up to the end of the evidence (the worked answers, else what auto_evidence names), per byte of it"
-)
-#: Earlier descriptions of the same rule, kept so that the runs recorded under them resume. The rule is unchanged
-#: since the first of them; the instructions fallback came with the ``auto_evidence`` value that names it.
-EVIDENCE_READ_FORMERLY = (
-    "every token up to the last worked answer (else of the whole prompt), per byte of the answers",
-)
-
 
 def answer_spans(prompt: str) -> list[Span]:
     """Byte ranges of the prompt's worked answers (see the module docstring); empty when it has none."""
@@ -112,9 +90,8 @@ class _Tokens:
         end = self.spans[-1][1]
         return next(i + 1 for i, (_, hi) in enumerate(self.ranges) if hi >= end)
 
-    def nll_per_byte(self, logprobs: Sequence[float], spans: Sequence[Span] | None) -> float:
-        """NLL of the tokens after the first that overlap ``spans`` (all of them if None), per byte of ``spans``
-        (of those tokens if None).
+    def nll_per_byte(self, logprobs: Sequence[float]) -> float:
+        """NLL of the tokens after the first that overlap the evidence spans, per byte of those spans.
 
         The answers' own bytes are the denominator, the same for every member: a tokenizer whose tokens run on
         past an answer (Qwen's ".\n\n" is one token) would otherwise add easy bytes to it and look better per
@@ -123,15 +100,13 @@ class _Tokens:
         """
         total, scored = 0.0, 0
         for lp, (lo, hi) in zip(logprobs, self.ranges[1:], strict=False):
-            if hi == lo or (spans is not None and not any(lo < e and hi > s for s, e in spans)):
+            if hi == lo or not any(lo < e and hi > s for s, e in self.spans):
                 continue
             total -= lp
-            scored += hi - lo
-        if spans is not None:
-            # The first token has no prediction: its bytes are not evidence (a member with a BOS token predicts
-            # the prompt's first word, one without does not, and instructions start there).
-            lo, hi = self.ranges[0] if self.ranges else (0, 0)
-            scored = sum(e - s - max(0, min(e, hi) - max(s, lo)) for s, e in spans)
+        # The first token has no prediction: its bytes are not evidence (a member with a BOS token predicts
+        # the prompt's first word, one without does not, and instructions start there).
+        lo, hi = self.ranges[0] if self.ranges else (0, 0)
+        scored = sum(e - s - max(0, min(e, hi) - max(s, lo)) for s, e in self.spans)
         return total / max(1, scored)
 
 
@@ -149,36 +124,29 @@ def _tokens(state: DecodeState, member: int) -> _Tokens:
 
 
 def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | None:
-    """Each active member's evidence NLL per byte, and which text it was measured on ("answers", "instructions" or
-    "prompt"); None if there is no evidence (see ``auto_evidence``) or a member cannot tell."""
-    mode = state.config.auto_evidence
+    """Each active member's evidence NLL per byte, and which text it was measured on ("answers" or
+    "instructions"); None if there is no evidence or a member cannot tell."""
     toks = {i: _tokens(state, i) for i in state.active}
     # Every member is judged on the same text: the answers, when every member's tokens locate them.
-    scored = "answers" if mode != "prompt" and all(t.spans for t in toks.values()) else "prompt"
-    if scored == "prompt" and mode == "instructions":
+    scored = "answers"
+    if not all(t.spans for t in toks.values()):
         toks = {
             i: replace(t, spans=instruction_spans(state.views[i].prompt) if t.aligned else []) for i, t in toks.items()
         }
-        scored = "instructions" if all(t.spans for t in toks.values()) else ""
-    if not scored or (scored == "prompt" and mode == "answers_only"):
-        return None
-    if scored != "answers" and len({state.views[i].prompt for i in state.active}) > 1:
-        # Each member's own chat template around the same request: per byte of different texts is no comparison.
-        return None
+        scored = "instructions"
+        if not all(t.spans for t in toks.values()) or len({state.views[i].prompt for i in state.active}) > 1:
+            # No instructions, or each member's own chat template around the request: per byte of different
+            # texts is no comparison.
+            return None
 
     def read(i: int) -> list[float] | None:
         t = toks[i]
-        upto = t.answer_tokens() if scored != "prompt" else len(t.ids)
-        return state.views[i].member.evidence(t.ids[:upto])
+        return state.views[i].member.evidence(t.ids[: t.answer_tokens()])
 
     found = dict(zip(state.active, map_active(state, read), strict=True))
     if any(lp is None for lp in found.values()):
         return None
-    return {
-        i: toks[i].nll_per_byte(lp, toks[i].spans if scored != "prompt" else None)
-        for i, lp in found.items()
-        if lp is not None
-    }, scored
+    return {i: toks[i].nll_per_byte(lp) for i, lp in found.items() if lp is not None}, scored
 
 
 def evidence_weights(base: Sequence[float], nll: dict[int, float], sharpness: float) -> tuple[float, ...]:

@@ -38,7 +38,7 @@ class Unit:
 
 @dataclass(frozen=True)
 class GranularityPolicy:
-    """Thresholds of the adaptive controller (see ``decide``)."""
+    """Thresholds of the adaptive rule (see ``decide``)."""
 
     #: words of the answer always decided at word level, whatever the signals say.
     lead_words: int = 2
@@ -55,17 +55,9 @@ class GranularityPolicy:
     #: words per round in maths (each number and operator is its own decision).
     maths_words: int = 1
 
-    def __post_init__(self) -> None:
-        from adafuse.errors import ConfigError
 
-        for name in ("lead_words", "sentence_after", "paragraph_after"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"granularity policy: {name} must be >= 0")
-        for name in ("sentence_words", "paragraph_words", "maths_words"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"granularity policy: {name} must be >= 1")
-        if not (0.0 <= self.lost_margin <= 1.0) or not (self.max_entropy > 0):
-            raise ConfigError("granularity policy: lost_margin must be in [0, 1] and max_entropy > 0")
+#: the thresholds in force (docs/RESULTS.md, "Granularity").
+POLICY = GranularityPolicy()
 
 
 @dataclass(frozen=True)
@@ -112,7 +104,7 @@ def word_unit(max_words: int) -> Unit:
     return Unit("word", max_words)
 
 
-def fixed_unit(granularity: str, max_words: int, policy: GranularityPolicy) -> Unit:
+def fixed_unit(granularity: str, max_words: int, policy: GranularityPolicy = POLICY) -> Unit:
     if granularity == "token":
         return Unit("token", 1)
     if granularity == "sentence":
@@ -122,7 +114,7 @@ def fixed_unit(granularity: str, max_words: int, policy: GranularityPolicy) -> U
     return word_unit(max_words)
 
 
-def decide(signals: Signals, theta: float, max_words: int, policy: GranularityPolicy) -> Unit:
+def decide(signals: Signals, theta: float, max_words: int, policy: GranularityPolicy = POLICY) -> Unit:
     """The adaptive rule. Disagreement or doubt shortens the unit; agreement and confidence lengthen it."""
     if signals.margins and all(m < policy.lost_margin for m in signals.margins):
         return Unit("token", 1)

@@ -29,7 +29,6 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
     # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill then completes.
     evidence = apply_auto_weights(state) if cfg.auto_weights else None
-    state.normalise = cfg.normalise_for(evidence is not None)
     weights = {state.views[i].name: state.weights[i] for i in state.active}
     benched = bench(state)
     map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))
@@ -65,7 +64,6 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         benched=benched,
         prompt_nll=evidence[0] if evidence else {},
         evidence=evidence[1] if evidence else None,
-        normalise=state.normalise,
     )
     return Result(
         text=state.committed,

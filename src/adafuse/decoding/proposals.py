@@ -13,6 +13,9 @@ from adafuse.decoding.words import decode_utf8_prefix, word_ends
 
 #: ``max_words`` for a draft that ends for another reason (a token count, a stop, the end, the budget).
 UNBOUNDED_WORDS = 1 << 30
+#: a word that has taken this many tokens without ending ends the draft: a guard against endless words
+#: ("Henri-Henri-Henri-...").
+WORD_TOKEN_CAP = 12
 
 
 @dataclass
@@ -79,9 +82,7 @@ class DraftWriter:
             return self._finish(text)
         runaway = self.word_cap is not None and len(self.tokens) - self._word_start >= self.word_cap
         if runaway or len(self.tokens) >= self.max_tokens or self._context_full():
-            draft = self._finish(text)
-            draft.unfinished = True
-            return draft
+            return self._finish(text)
         return None
 
     def _finish_at(self, text: str) -> Draft:

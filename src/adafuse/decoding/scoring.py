@@ -21,7 +21,6 @@ import numpy as np
 from adafuse.backends.base import common_prefix_len, tokens_starting_with
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState, MemberView
-from adafuse.decoding.words import word_ends
 from adafuse.errors import MemberError
 from adafuse.result import Candidate
 
@@ -39,24 +38,17 @@ class Draft:
     member: int
     tokens: list[int]
     logprobs: list[float]
-    #: the draft stopped at a token cap in the middle of a word, not at a word's end, a stop or an end token.
-    unfinished: bool = False
 
 
-def score_candidates(
-    state: DecodeState, candidates: list[Candidate], drafts: list[Draft], normalise: str | None = None
-) -> None:
-    """Fill ``candidate.scores`` (member -> normalised NLL) and ``candidate.combined`` for every candidate."""
-    mode = normalise or state.normalise
-    # "word": every candidate is judged by the probability of its first word (the unit of fusion), so a one-word
-    # candidate and a long span, or a runaway word whose later tokens are easy, compete on equal terms.
-    targets = [first_word(c) for c in candidates] if mode == "word" else candidates
+def score_candidates(state: DecodeState, candidates: list[Candidate], drafts: list[Draft], per_token: bool = True) -> None:
+    """Fill ``candidate.scores`` (member -> NLL, per token unless ``per_token`` is False) and ``candidate.combined``
+    (the weighted mean over the voting members) for every candidate."""
 
     def member_scores(i: int) -> list[float]:
         ctx = state.context(i)
         known = _own_logprobs(i, len(ctx), drafts)
-        scored = member_logprobs(state.views[i], ctx, state.committed, targets, state.config.token_healing, known)
-        return [-lp / _norm(mode, cand, n) for cand, (lp, n) in zip(targets, scored, strict=True)]
+        scored = member_logprobs(state.views[i], ctx, state.committed, candidates, known)
+        return [-lp / (max(1, n) if per_token else 1) for lp, n in scored]
 
     for i, scores in zip(state.active, map_active(state, member_scores), strict=True):
         name = state.views[i].name
@@ -65,12 +57,8 @@ def score_candidates(
                 # An error, never a silent drop of the member's vote (the reference code's NaN bug).
                 raise MemberError(name, f"produced a non-finite score ({score}) for candidate {cand.text!r}")
             cand.scores[name] = score
-    if state.config.combiner == "vote":
-        for cand, value in zip(candidates, vote(state, candidates), strict=True):
-            cand.combined = value
-    else:
-        for cand in candidates:
-            cand.combined = combine(state, cand)
+    for cand in candidates:
+        cand.combined = combine(state, cand)
 
 
 Key = tuple[int, tuple[int, ...]]
@@ -84,13 +72,12 @@ def member_logprobs(
     ctx: list[int],
     committed: str,
     candidates: list[Candidate],
-    heal: bool = True,
     known: dict[Key, float] | None = None,
 ) -> list[tuple[float, int]]:
     """One member's log-probability of each candidate's text after ``committed`` (``ctx`` is its tokenisation
     of the prompt and ``committed``), with the candidate's token count: all needed continuations go to the
     member in one ``score`` call, less those in ``known``."""
-    plans = [_plan(view, ctx, committed, cand, heal) for cand in candidates]
+    plans = [_plan(view, ctx, committed, cand) for cand in candidates]
     keys = list(dict.fromkeys(key for plan in plans for key in plan.needed()))
     known = known or {}
     todo = [key for key in keys if key not in known]
@@ -142,7 +129,7 @@ class _Plan:
         return float(np.logaddexp(canonical, lp[self.healed] - mass[self.healed] + lp[self.extension]))
 
 
-def _plan(view: MemberView, ctx: list[int], committed: str, cand: Candidate, heal: bool = True) -> _Plan:
+def _plan(view: MemberView, ctx: list[int], committed: str, cand: Candidate) -> _Plan:
     full = view.ids(committed + cand.text)
     head = common_prefix_len(ctx, full)
     end = [view.member.eos_id] if cand.eos else []
@@ -150,7 +137,7 @@ def _plan(view: MemberView, ctx: list[int], committed: str, cand: Candidate, hea
     tail = (head, tuple(ctx[head:])) if head < len(ctx) else None
     n_tokens = max(1, len(new) - (len(tail[1]) if tail else 0))
     healed = first = None
-    if tail is not None and heal and view.member.token_bytes(ctx[-1]):
+    if tail is not None and view.member.token_bytes(ctx[-1]):
         healed = (len(ctx) - 1, (ctx[-1],))
         tail = (head, tail[1][:-1]) if len(tail[1]) > 1 else None
         if tail is None and new:
@@ -200,61 +187,11 @@ def _own_logprobs(member: int, ctx_len: int, drafts: list[Draft]) -> dict[Key, f
     return known
 
 
-def first_word(cand: Candidate) -> Candidate:
-    """The candidate cut after its first word (an end token only counts when nothing else follows)."""
-    ends = word_ends(cand.text)
-    if not ends or ends[0] == len(cand.text):
-        return cand
-    return Candidate(text=cand.text[: ends[0]])
-
-
-def _norm(mode: str, cand: Candidate, n_tokens: int) -> float:
-    if mode in ("sum", "word"):
-        return 1.0
-    if mode == "char":
-        return float(max(1, len(cand.text)))
-    return float(max(1, n_tokens))
-
-
 def combine(state: DecodeState, cand: Candidate) -> float:
-    """Weighted mean of the active members' scores (all finite: ``score_candidates`` checks them).
-
-    With the ``confidence`` combiner a member's weight is multiplied by its top-1 probability at this round's
-    first token: a member that is sure of what comes next counts for more than one that is guessing.
-    """
-    total = 0.0
-    weight = 0.0
-    by_confidence = state.config.combiner == "confidence"
-    for i in state.active:
-        name = state.views[i].name
-        s = cand.scores[name]
-        w = state.weights[i] * (math.exp(state.confidence.get(i, 0.0)) if by_confidence else 1.0)
-        total += w * s
-        weight += w
+    """Weighted mean of the voting members' scores (all finite: ``score_candidates`` checks them)."""
+    total = sum(state.weights[i] * cand.scores[state.views[i].name] for i in state.active)
+    weight = sum(state.weights[i] for i in state.active)
     return total / weight if weight > 0 else math.inf
-
-
-def vote(state: DecodeState, candidates: list[Candidate]) -> list[float]:
-    """The bounded vote: each member shares out its weight over the candidates in proportion to ``exp(-score)``,
-    and a candidate's combined score is ``-log`` of the votes it gathers (lower is better, as for the mean).
-
-        v_m(c) = exp(-s_m(c)) / sum_c' exp(-s_m(c'))        score(c) = -log( sum_m w_m v_m(c) / sum_m w_m )
-
-    Under the weighted mean a member that finds a candidate very unlikely can veto it however little it weighs;
-    here no member moves more than its own weight, so a weak member's confident mistake cannot outvote the
-    others' agreement (docs/RESULTS.md, trace 1).
-    """
-    total = np.zeros(len(candidates))
-    weight = 0.0
-    for i in state.active:
-        name = state.views[i].name
-        scores = np.array([cand.scores[name] for cand in candidates], dtype=float)
-        share = np.exp(scores.min() - scores)  # shifted by the best score: no underflow to 0/0
-        total += state.weights[i] * share / share.sum()
-        weight += state.weights[i]
-    if weight <= 0:
-        return [math.inf] * len(candidates)
-    return [float(-np.log(max(v / weight, 1e-300))) for v in total]
 
 
 def select(candidates: list[Candidate]) -> int:

@@ -65,17 +65,10 @@ class DecodeState:
     active: list[int] = field(default_factory=list)
     #: the rounds committed so far (the loop appends them): the granularity controller reads the agreement.
     rounds: list[Round] = field(default_factory=list)
-    #: this round's top-1 log-probability of each member at its first token (the ``confidence`` combiner).
-    confidence: dict[int, float] = field(default_factory=dict)
-    #: how candidates' NLLs are normalised in this request (``config.normalise`` resolved; the loop re-resolves
-    #: "auto" once it knows whether evidence weights are in force).
-    normalise: str = ""
 
     def __post_init__(self) -> None:
         if not self.active:
             self.active = list(range(len(self.views)))
-        if not self.normalise:
-            self.normalise = self.config.normalise_for(evidence=False)
 
     def context(self, i: int) -> list[int]:
         return self.views[i].ids(self.committed)
