@@ -27,6 +27,12 @@ def member(name: str, rows: dict[str, dict[str, float]], **kw) -> ScriptedMember
     return ScriptedMember(name, PIECES, table(rows), prompt="Q:", **kw)
 
 
+def twins(rows: dict[str, dict[str, float]], pieces: list[str] = PIECES) -> Ensemble:
+    """Two members with the same distributions: the AdaFuse round of one member's proposals (a member left voting
+    alone writes its greedy answer instead), judged by both alike."""
+    return Ensemble([ScriptedMember(name, pieces, table(rows), prompt="Q:") for name in ("a", "b")])
+
+
 def test_confident_members_commit_multi_word_spans_on_the_fast_path():
     ens = Ensemble([member("a", CONFIDENT), member("b", CONFIDENT)])
     res = ens.generate("Q:", DecodeConfig(theta=0.7, max_words=3))
@@ -42,16 +48,14 @@ def test_confident_members_commit_multi_word_spans_on_the_fast_path():
 
 
 def test_max_words_caps_the_span():
-    ens = Ensemble([member("a", CONFIDENT)])
-    res = ens.generate("Q:", DecodeConfig(max_words=1, solo_branching=True))
+    res = twins(CONFIDENT).generate("Q:", DecodeConfig(max_words=1))
     assert [r.committed for r in res.rounds] == [" George", " V.", " was", " king"]
 
 
 def test_a_later_uncertain_word_ends_the_span_so_the_next_round_branches_there():
     rows = dict(CONFIDENT)
     rows[" George V."] = {" was": 0.5, " king": 0.4}
-    ens = Ensemble([member("a", rows)])
-    res = ens.generate("Q:", DecodeConfig(max_words=3, theta=0.7, solo_branching=True))
+    res = twins(rows).generate("Q:", DecodeConfig(max_words=3, theta=0.7))
     assert res.rounds[0].committed == " George V."
     assert res.rounds[1].proposals[0].branched
 
@@ -65,19 +69,17 @@ UNSURE = {
 
 
 def test_uncertain_member_branches_on_its_top_b_first_tokens():
-    ens = Ensemble([member("a", UNSURE)])
-    res = ens.generate("Q:", DecodeConfig(beam=3, stop=("\n",), solo_branching=True))
+    res = twins(UNSURE).generate("Q:", DecodeConfig(beam=3, stop=("\n",)))
     prop = res.rounds[0].proposals[0]
     assert prop.branched
     assert prop.candidates == [" George", " Edward", " Henry"]
     assert prop.margins[0] == pytest.approx(0.05)
-    # One member: its own log-probs decide, and it prefers its top token.
+    # Two members alike: their log-probs decide, and they prefer their top token.
     assert res.text == " George" and res.finish_reason == "stop"
 
 
 def test_beam_one_gives_a_single_candidate():
-    ens = Ensemble([member("a", UNSURE)])
-    res = ens.generate("Q:", DecodeConfig(beam=1, stop=("\n",), solo_branching=True))
+    res = twins(UNSURE).generate("Q:", DecodeConfig(beam=1, stop=("\n",)))
     assert res.rounds[0].proposals[0].candidates == [" George"]
 
 
@@ -138,13 +140,12 @@ def test_a_floor_above_every_weight_keeps_the_heaviest_member():
     assert span.telemetry.benched == ["a", "c"]  # every method shares the loop, and the floor
 
 
-@pytest.mark.parametrize("combiner", ["mean", "confidence", "vote"])
-def test_a_non_finite_score_is_an_error_naming_the_member_under_every_combiner(combiner):
+def test_a_non_finite_score_is_an_error_naming_the_member():
     broken = member("b", B_PREFERS_Y)
     broken.score = lambda requests: [[math.nan] * len(cont) for _, cont in requests]  # type: ignore[method-assign]
     ens = Ensemble([member("a", A_PREFERS_X), broken])
     with pytest.raises(MemberError, match=r"'b'.*non-finite score \(nan\) for candidate"):
-        ens.generate("Q:", DecodeConfig(beam=1, stop=("\n",), combiner=combiner))  # b scores a's " X"
+        ens.generate("Q:", DecodeConfig(beam=1, stop=("\n",)))  # b scores a's " X"
 
 
 def test_ties_go_to_the_first_proposal_every_time():
@@ -203,9 +204,7 @@ def test_token_budget_ends_generation():
 
 
 def test_round_budget_ends_generation():
-    res = Ensemble([member("a", CONFIDENT)]).generate(
-        "Q:", DecodeConfig(max_words=1, max_rounds=2, solo_branching=True)
-    )
+    res = twins(CONFIDENT).generate("Q:", DecodeConfig(max_words=1, max_rounds=2))
     assert res.finish_reason == "length" and res.text == " George V."
 
 
@@ -226,7 +225,9 @@ def test_single_method_uses_only_the_chosen_member():
         {"method": "vote"},
         {"weights": (1.0, -1.0)},
         {"weights": (0.0, 0.0)},
-        {"normalise": "bits"},
+        {"granularity": "phrase"},
+        {"min_weight": 1.0},
+        {"top_k": 1},
     ],
 )
 def test_nonsense_parameters_are_rejected(kwargs):
@@ -250,9 +251,7 @@ def test_weights_must_match_the_member_count():
 
 def test_on_round_sees_every_commit_and_can_cancel():
     seen: list[str] = []
-    res = Ensemble([member("a", CONFIDENT)]).generate(
-        "Q:", DecodeConfig(max_words=1, solo_branching=True), on_round=lambda r, t: seen.append(t)
-    )
+    res = twins(CONFIDENT).generate("Q:", DecodeConfig(max_words=1), on_round=lambda r, t: seen.append(t))
     assert seen == [" George", " George V.", " George V. was", " George V. was king"] and seen[-1] == res.text
 
     class Cancelled(Exception):
@@ -285,27 +284,24 @@ for _k in range(1, 20):
     RUNAWAY[" Jacques" + "-Henri" * _k] = {"-Henri": 0.99}
 
 
-def test_unfinished_words_can_be_left_out_of_the_candidates():
-    pieces = [*PIECES, " Pierre", " Jacques", "-Henri"]
-    make = lambda: ScriptedMember("a", pieces, table(RUNAWAY), prompt="Q:")  # noqa: E731
-    cfg = DecodeConfig(beam=2, stop=("\n",), word_token_cap=6, max_new_tokens=16, solo_branching=True)
-    kept = Ensemble([make()]).generate("Q:", cfg)
-    # Per-token normalisation rewards the easy repetition: the runaway "word" wins by default.
-    assert kept.rounds[0].committed.startswith(" Jacques-Henri")
-    dropped = Ensemble([make()]).generate("Q:", DecodeConfig(**{**cfg.__dict__, "drop_unfinished": True}))
-    assert dropped.text == " Pierre"
-    assert dropped.rounds[0].proposals[0].candidates == [" Pierre", " Jacques-Henri-Henri-Henri-Henri-Henri"]
+def test_a_runaway_word_ends_at_the_word_token_cap():
+    from adafuse.decoding.proposals import WORD_TOKEN_CAP
+
+    res = twins(RUNAWAY, [*PIECES, " Pierre", " Jacques", "-Henri"]).generate(
+        "Q:", DecodeConfig(beam=2, stop=("\n",), max_new_tokens=16, max_rounds=1)
+    )
+    # The branch into "-Henri-Henri-..." is cut after WORD_TOKEN_CAP tokens, mid-word.
+    assert res.rounds[0].proposals[0].candidates == [" Pierre", " Jacques" + "-Henri" * (WORD_TOKEN_CAP - 1)]
 
 
 def test_the_token_cap_applies_to_each_word_of_a_confident_span():
+    from adafuse.decoding.proposals import WORD_TOKEN_CAP
+
     pieces = [*PIECES, " Pierre", " Jacques", "-Henri"]
     rows = {"": {" Jacques": 0.95}, **{" Jacques" + "-Henri" * k: {"-Henri": 0.99} for k in range(0, 40)}}
-    member = ScriptedMember("a", pieces, table(rows), prompt="Q:")
-    res = Ensemble([member]).generate(
-        "Q:", DecodeConfig(max_words=3, word_token_cap=5, max_rounds=1, solo_branching=True)
-    )
-    # Confident, so it may write up to 3 words - but one word may not run past 5 tokens.
-    assert res.rounds[0].committed == " Jacques" + "-Henri" * 4
+    res = twins(rows, pieces).generate("Q:", DecodeConfig(max_words=3, max_rounds=1))
+    # Confident, so it may write up to 3 words - but one word may not run past the cap.
+    assert res.rounds[0].committed == " Jacques" + "-Henri" * (WORD_TOKEN_CAP - 1)
 
 
 class ListedMember(ScriptedMember):
@@ -327,21 +323,17 @@ def test_token_healing_divides_by_the_probability_of_the_last_tokens_text(listed
     rows = {"Answer": {":\n": 0.6, ": ": 0.3, ":": 0.05, "::": 0.0001}, "Answer:\n": {"X": 0.5}, "Answer:": {"\n": 0.2}}
     kind = ListedMember if listed else ScriptedMember
     c = kind("c", ["Answer", ":", ":\n", ": ", "::", "\n", "X"], table(rows))
-    scores = {}
-    for heal in (True, False):
-        state = DecodeState([MemberView(c, "")], DecodeConfig(normalise="sum", token_healing=heal), (1.0,))
-        state.committed = "Answer:"
-        cand = Candidate("\nX")
-        score_candidates(state, [cand], [])
-        scores[heal] = cand.scores["c"]
+    state = DecodeState([MemberView(c, "")], DecodeConfig(), (1.0,))
+    state.committed = "Answer:"
+    cand = Candidate("\nX")
+    score_candidates(state, [cand], [], per_token=False)
+    healed = cand.scores["c"]
     # Both spellings of the text (":\n" "X", and ":" "\n" "X") over every token that starts with ":". The top-k
     # path reads the member's 20 most likely tokens, where "::" is not; the whole vocabulary has it.
     mass = 0.6 + 0.3 + 0.05 + (0.0001 if listed else 0.0)
-    assert scores[True] == pytest.approx(-math.log((0.6 * 0.5 + 0.05 * 0.2 * 0.5) / mass))
-    assert scores[True] >= 0
-    # Unhealed, the merged spelling was divided by the lone ":" alone: a negative NLL, the bias of trace 8.
-    assert scores[False] == pytest.approx(-math.log(0.6 * 0.5 / 0.05 + 0.2 * 0.5))
-    assert scores[False] < 0
+    assert healed == pytest.approx(-math.log((0.6 * 0.5 + 0.05 * 0.2 * 0.5) / mass))
+    # Divided by the lone ":" alone, the merged spelling would score a negative NLL (the bias of trace 8).
+    assert healed >= 0 > -math.log(0.6 * 0.5 / 0.05 + 0.2 * 0.5)
 
 
 def test_the_vocabulary_index_finds_every_token_starting_with_a_text():

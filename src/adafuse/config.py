@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -87,6 +87,8 @@ class DecodeConfig:
         for f in fields(self):
             if f.name not in _SPECIAL:
                 _check(f.name, getattr(self, f.name))
+                if str(f.type) == "float":  # 1 and 1.0 are the same option (and the same recorded run)
+                    object.__setattr__(self, f.name, float(getattr(self, f.name)))
         object.__setattr__(self, "weights", _check_weights(self.weights))
         if not isinstance(self.stop, tuple | list) or any(not isinstance(s, str) for s in self.stop):
             raise ConfigError("stop must be a list of strings")
@@ -126,8 +128,6 @@ class DecodeConfig:
 #: fields whose values are not one number or one name, checked on their own.
 _SPECIAL = ("weights", "stop")
 FIELDS = {f.name: f for f in fields(DecodeConfig)}
-#: the defaults, for surfaces that show them
-DEFAULTS = DecodeConfig()
 
 
 def option_names(request: bool = True) -> list[str]:
@@ -148,13 +148,20 @@ def option_help(name: str) -> str:
 
 
 def read_config(
-    options: Mapping[str, Any], base: DecodeConfig | None = None, *, where: str = "", request: bool = True
+    options: Mapping[str, Any],
+    base: DecodeConfig | None = None,
+    *,
+    where: str = "",
+    request: bool = True,
+    exclude: Collection[str] = (),
+    text: bool = True,
 ) -> DecodeConfig:
     """``base`` (the defaults if None) with ``options`` applied. A value may be text (a command line, a method
-    label, lm-eval's ``model_args``) or already typed (a JSON body); ``None`` leaves the option as it is.
-    ``request=False``: per-request options are refused (a method label does not set the answer's length).
+    label, lm-eval's ``model_args``) or already typed (a JSON body; with ``text=False`` only options whose values
+    are names may be strings); ``None`` leaves the option as it is. ``request=False``: per-request options are
+    refused (a method label does not set the answer's length); ``exclude``: options this surface sets its own way.
     ``where`` prefixes every error (``"method label 'adafuse@x=1'"``, ``"adafuse"``)."""
-    known = option_names(request)
+    known = [name for name in option_names(request) if name not in exclude]
     changes: dict[str, Any] = {}
     for key, value in options.items():
         if key not in known:
@@ -162,7 +169,8 @@ def read_config(
         if value is None:
             continue
         try:
-            changes[key] = _parse(key, value) if isinstance(value, str) else value
+            parse = isinstance(value, str) and (text or str(FIELDS[key].type) in ("str", "Weights"))
+            changes[key] = _parse(key, value) if parse else value
         except ConfigError as exc:
             raise ConfigError(_at(where, str(exc))) from None
     try:  # the dataclass checks every value's type and range
@@ -257,3 +265,7 @@ def _check_weights(weights: Any) -> Weights:
     if any(not math.isfinite(w) or w < 0 for w in ws) or sum(ws) <= 0:
         raise ConfigError(f"weights must be finite, non-negative and not all zero, got {list(ws)}")
     return ws
+
+
+#: the defaults, for surfaces that show them
+DEFAULTS = DecodeConfig()

@@ -3,8 +3,8 @@
 Each method is named by a *label*, ``METHOD[:MEMBER][@KEY=VALUE,KEY=VALUE...]``:
 
 * ``adafuse``, ``token``, ``span``, ``sample``: the method with the base options;
-* ``adafuse@theta=0.5`` or ``adafuse@theta=0.5,beam=1``: with options overridden (keys: theta, max_words,
-  beam, normalise, span_tokens, top_k, word_token_cap, drop_unfinished, max_rounds, weights as ``1/2/1``);
+* ``adafuse@theta=0.5`` or ``adafuse@theta=0.5,beam=1``: with options overridden (any option of
+  ``DecodeConfig`` but the per-request ones, which the task sets; weights written ``1/2/1``);
 * ``single:1`` or ``single:gemma3-270m``: one member alone, by index or by name.
 
 Each label's run goes to ``OUT/<label>/`` through :func:`~adafuse.evaluation.runner.run_eval`, so a rerun
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from adafuse.config import METHODS, NAMED_WEIGHTS, DecodeConfig, parse_bool
+from adafuse.config import METHODS, DecodeConfig, read_config
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError
 from adafuse.evaluation import metrics
@@ -42,28 +42,7 @@ REPORT = "report.md"
 FRONTIER = "frontier.png"
 REPORT_JSON = "report.json"
 
-_ALIASES = {"normalize": "normalise", "member": "single_member"}
-# The options a label may set, each with its parser (task-defining options such as stop are not among them).
-_KEYS: dict[str, Callable[[str], Any]] = {
-    "theta": float,
-    "max_words": int,
-    "beam": int,
-    "normalise": str,
-    "span_tokens": int,
-    "top_k": int,
-    "word_token_cap": int,
-    "max_rounds": int,
-    "drop_unfinished": parse_bool,
-    "token_healing": parse_bool,
-    "solo_branching": parse_bool,
-    "weights": lambda v: v if v in NAMED_WEIGHTS else tuple(float(w) for w in re.split(r"[/:;]", v)),
-    "auto_sharpness": float,
-    "auto_evidence": str,
-    "min_weight": float,
-    "granularity": str,
-    "combiner": str,
-    "single_member": lambda v: v,  # index or name; resolved against the member names later
-}
+_ALIASES = {"member": "single_member"}
 _DIR_SAFE = re.compile(r"[^A-Za-z0-9._@=,:+-]")
 
 
@@ -143,15 +122,9 @@ def parse_label(label: str) -> MethodSpec:
             key = _ALIASES.get(key, key)
             if not eq or not value.strip():
                 raise ConfigError(f"method label {label!r}: {part.strip()!r} is not KEY=VALUE")
-            if key not in _KEYS:
-                known = ", ".join(k for k in _KEYS if k != "single_member")
-                raise ConfigError(f"method label {label!r}: unknown option {key!r}; known: {known}, member")
             if key in overrides:
                 raise ConfigError(f"method label {label!r}: {key} given twice")
-            try:
-                overrides[key] = _KEYS[key](value.strip())
-            except ValueError:
-                raise ConfigError(f"method label {label!r}: bad value {value.strip()!r} for {key}") from None
+            overrides[key] = value.strip()
     if "single_member" in overrides:
         if method != "single":
             raise ConfigError(f"method label {label!r}: only 'single' takes a member")
@@ -159,10 +132,11 @@ def parse_label(label: str) -> MethodSpec:
             raise ConfigError(f"method label {label!r}: member given twice")
         raw = overrides.pop("single_member")
         member = int(raw) if raw.isdigit() else raw
-    try:  # option values are checked now, not after other labels' runs have taken an hour
-        replace(DecodeConfig(), method=method, **overrides)
-    except ConfigError as exc:
-        raise ConfigError(f"method label {label!r}: {exc}") from None
+    if "method" in overrides:
+        raise ConfigError(f"method label {label!r}: the method is the label's head, not an option")
+    # Checked now, not after other labels' runs have taken an hour; the values kept are the parsed ones.
+    parsed = read_config({**overrides, "method": method}, where=f"method label {label!r}", request=False)
+    overrides = {key: getattr(parsed, key) for key in overrides}
     return MethodSpec(label=text, method=method, member=member, overrides=tuple(sorted(overrides.items())))
 
 

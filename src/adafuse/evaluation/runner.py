@@ -27,8 +27,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from adafuse import __version__
 from adafuse.config import DecodeConfig
-from adafuse.decoding.evidence import EVIDENCE_READ, EVIDENCE_READ_FORMERLY
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError, DataError
 from adafuse.evaluation.tasks import Item, Task
@@ -37,21 +37,6 @@ PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 MANIFEST = "run.json"
 LOCK = ".lock"
-#: options whose default differs from what the code did before they existed (automatic weights measured the
-#: whole prompt until ``auto_evidence`` came with the worked-answers default; candidates were scored without
-#: token healing; a member left voting alone branched and judged its own branches).
-BEFORE_IT_EXISTED: dict[str, Any] = {
-    "auto_evidence": "prompt",
-    "token_healing": False,
-    "solo_branching": True,
-    "min_weight": 0.0,
-}
-#: options that change nothing for some methods: a run of those methods is the same run whatever they say.
-NO_EFFECT: dict[str, set[str]] = {
-    "token_healing": {"single"},
-    "solo_branching": {"single", "token", "span", "sample"},  # only AdaFuse's round branches
-}
-
 #: The metric a task kind is ranked by; the others are reported beside it.
 PRIMARY_METRIC: dict[str, str] = {"qa": "em", "math": "accuracy", "translation": "bleu"}
 
@@ -227,14 +212,16 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 
 def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: bool) -> dict[str, Any]:
-    """What must match for two sessions to be the same run. ``single_member`` and ``weights`` are left out
-    for ``single`` (the chosen model is in ``models``; weights cannot matter), so the same single-model run
-    is recognised whether the other members were loaded or not."""
+    """What must match for two sessions to be the same run: the package version, the task and its prompt, the
+    members and the resolved options. ``single_member`` and ``weights`` are left out for ``single`` (the chosen
+    model is in ``models``; weights cannot matter), so the same single-model run is recognised whether the other
+    members were loaded or not."""
     cfg = config.to_dict()
     cfg["single_member"] = None
     if config.method == "single":
         cfg["weights"] = None
     identity = {
+        "adafuse": __version__,
         "task": task.name,
         "kind": task.kind,
         "prompt_sha256": hashlib.sha256(task.prompt_text.encode("utf-8")).hexdigest(),
@@ -243,48 +230,27 @@ def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: 
         "config": cfg,
         "chat": chat,
     }
-    if config.auto_weights:
-        # What the evidence measures has changed without an option to name it; the rule is recorded, so runs of
-        # an older rule are not mixed with newer ones.
-        identity["evidence_read"] = EVIDENCE_READ
     # Through JSON once, so tuples and lists compare equal to what is read back from run.json.
     return json.loads(json.dumps(identity))
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     diffs = []
-    for key, value in current.items():
-        old = stored.get(key)
-        if old == value:
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key), current.get(key)
+        if old == new:
             continue
         if key == "prompt_sha256":
             diffs.append("the prompt file's text")
-        elif key == "evidence_read" and value == EVIDENCE_READ and old in EVIDENCE_READ_FORMERLY:
-            continue  # the same rule, described in older words
-        elif key == "config" and isinstance(old, dict):
-            # A run recorded before an option existed ran with that option's default, or with what the option
-            # now names when its default is not what the code did before it existed.
-            defaults = {**json.loads(json.dumps(DecodeConfig().to_dict())), **BEFORE_IT_EXISTED}
-            for field in sorted((set(old) | set(value)) - {"method"}):  # the method is reported on its own
-                if field not in defaults and not old.get(field):
-                    continue  # an option since removed, recorded switched off: it changed nothing
-                if field.startswith("auto_") and "auto" not in (old.get("weights"), value.get("weights")):
-                    continue  # options of automatic weights change nothing without them
-                if value.get("method") in NO_EFFECT.get(field, ()):
-                    continue
-                was, now = old.get(field, defaults.get(field)), value.get(field, defaults.get(field))
-                if field == "min_weight" and _benches_no_one(old, value, len(current.get("models", ())), was, now):
-                    continue
-                if was != now:
-                    diffs.append(f"config.{field}: {was!r} now {now!r}")
+        elif key == "config" and isinstance(old, dict) and isinstance(new, dict):
+            diffs += [
+                f"config.{f}: {old.get(f)!r} now {new.get(f)!r}"
+                for f in sorted(set(old) | set(new))
+                if old.get(f) != new.get(f)
+            ]
         else:
-            diffs.append(f"{key}: {old!r} now {value!r}")
+            diffs.append(f"{key}: {old!r} now {new!r}")
     return diffs
-
-
-def _benches_no_one(old: dict[str, Any], new: dict[str, Any], n_members: int, *floors: float) -> bool:
-    """Whether every floor benches nobody: equal weights (1/n each) at or above all of them."""
-    return old.get("weights") is None and new.get("weights") is None and n_members * max(floors) <= 1
 
 
 def _check_manifest(out: Path, identity: dict[str, Any], has_records: bool) -> dict[str, Any]:

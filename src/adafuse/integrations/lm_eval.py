@@ -11,7 +11,7 @@ defined on strings and computed by each member in its own tokens:
     (:func:`adafuse.decoding.scoring.member_logprobs`), but summed rather than normalised: the tokens of
     ``tok_m(c + x)`` beyond the prefix they share with ``tok_m(c)``, minus the log-probability of the context's
     own re-tokenised tail when the tokenizer merges across the boundary (of the tail's *text*, through any token
-    that starts with it: token healing, unless ``token_healing=false``), and log-added to the probability of
+    that starts with it: token healing), and log-added to the probability of
     ``x``'s own tokens appended to the unchanged context when that spelling differs. ``x`` is never tokenised on
     its own. A member whose tokenizer adds no BOS conditions an empty context on its end token, as lm-eval's
     Hugging Face model does.
@@ -63,7 +63,7 @@ from tqdm import tqdm
 from adafuse.backends import DEFAULT_ENSEMBLE
 from adafuse.backends.base import Member
 from adafuse.chat import Message, validate_messages
-from adafuse.config import NAMED_WEIGHTS, DecodeConfig, parse_bool
+from adafuse.config import DecodeConfig, option_names, read_config
 from adafuse.decoding.loop import OnRound
 from adafuse.decoding.scoring import member_logprobs
 from adafuse.decoding.state import MemberView
@@ -94,58 +94,41 @@ MemberPrompt = tuple[str, bool]
 
 @register_model(MODEL_NAME)
 class AdafuseLM(LM):
-    """The ensemble as an lm-eval model. Model arguments (``--model_args``):
-
+    """The ensemble as an lm-eval model. Model arguments (``--model_args``): every decoding option of
+    ``DecodeConfig`` but the per-request ones (``theta=0.5``, ``weights=[2,1,1]`` or ``auto``...), and
     ``models`` (comma-separated specs, default the built-ins; on the 0.4.13 command line write
-    ``models=[a,b]`` or JSON, since its parser splits on every comma), ``method``, ``theta``, ``max_words``,
-    ``beam``, ``weights`` (numbers, ``auto`` or ``equal``), ``granularity``, ``combiner``, ``normalise``, ``n_ctx``,
-    ``threads``, ``greedy`` (members | ensemble | none), ``token_healing`` (true | false),
-    ``max_gen_toks`` (default budget when a task gives none). ``ensemble=`` (Python only) uses an already
-    loaded :class:`~adafuse.Ensemble`, which the model then does not close.
+    ``models=[a,b]`` or JSON, since its parser splits on every comma), ``n_ctx``, ``threads``, ``greedy``
+    (members | ensemble | none), ``max_gen_toks`` (default budget when a task gives none). ``ensemble=`` (Python
+    only) uses an already loaded :class:`~adafuse.Ensemble`, which the model then does not close.
     """
 
     def __init__(
         self,
         models: str | Sequence[str] | None = None,
-        method: str = "adafuse",
-        theta: float | str = 0.7,
-        max_words: int | str = 3,
-        beam: int | str = 3,
-        weights: str | Sequence[float] | None = None,
-        normalise: str = "token",
-        granularity: str = "word",
-        combiner: str = "mean",
-        token_healing: bool | str = True,
         n_ctx: int | str = 4096,
         threads: int | str | None = None,
         greedy: str = "members",
         max_gen_toks: int | str = 256,
         ensemble: Ensemble | None = None,
-        **kwargs: Any,
+        **options: Any,
     ) -> None:
         super().__init__()
-        unknown = sorted(k for k in kwargs if k not in _IGNORED_ARGS)
+        decoding = option_names(request=False)
+        unknown = sorted(k for k in options if k not in (*decoding, *_IGNORED_ARGS))
         if unknown:
-            raise ConfigError(
-                f"unknown adafuse model argument(s) {unknown}; known: models, method, theta, max_words, beam, "
-                "weights, granularity, combiner, normalise, token_healing, n_ctx, threads, greedy, max_gen_toks"
-            )
+            own = ("models", "n_ctx", "threads", "greedy", "max_gen_toks")
+            raise ConfigError(f"unknown adafuse model argument(s) {unknown}; known: {', '.join((*decoding, *own))}")
         if greedy not in GREEDY_RULES:
             raise ConfigError(f"greedy must be one of {', '.join(GREEDY_RULES)}, got {greedy!r}")
         self.greedy_rule = greedy
         self.max_gen_toks = _as_int("max_gen_toks", max_gen_toks, 1)
-        parsed_weights = _as_list(weights)
-        named = parsed_weights[0] if len(parsed_weights) == 1 and parsed_weights[0] in NAMED_WEIGHTS else None
-        self.config = DecodeConfig(
-            method=method,
-            theta=_as_float("theta", theta),
-            max_words=_as_int("max_words", max_words, 1),
-            beam=_as_int("beam", beam, 1),
-            weights=named or (tuple(_as_float("weights", w) for w in parsed_weights) if parsed_weights else "default"),
-            normalise=normalise,  # type: ignore[arg-type]  # DecodeConfig validates it
-            granularity=granularity,
-            combiner=combiner,
-            token_healing=_as_bool("token_healing", token_healing),
+        chosen = {k: v for k, v in options.items() if k in decoding}
+        if "weights" in chosen:
+            chosen["weights"] = ",".join(_as_list(chosen["weights"])) or None
+        self.config = read_config(
+            {k: v if isinstance(v, str | type(None)) else str(v) for k, v in chosen.items()},
+            where="adafuse model_args",
+            request=False,
         )
         if ensemble is None:
             from adafuse.ensemble import Ensemble
@@ -250,7 +233,7 @@ class AdafuseLM(LM):
             prompts = self._member_prompts(context)
             for m, (member, prompt) in enumerate(zip(members, prompts, strict=True)):
                 view = _view(member, prompt)
-                for i, ll in zip(idxs, _member_loglikelihoods(view, conts, self.config.token_healing), strict=True):
+                for i, ll in zip(idxs, _member_loglikelihoods(view, conts), strict=True):
                     lls[m][i] = ll
                 if self.greedy_rule == "members" and any(greedy[i] for i in idxs):
                     written = _member_greedy_bytes(member, view.ids(""), conts)
@@ -396,7 +379,7 @@ def _view(member: Member, prompt: MemberPrompt) -> MemberView:
     return view
 
 
-def _member_loglikelihoods(view: MemberView, conts: Sequence[str], heal: bool = True) -> list[float]:
+def _member_loglikelihoods(view: MemberView, conts: Sequence[str]) -> list[float]:
     """One member's log-probability of each continuation after the view's prompt (the decoder's scoring plan,
     summed instead of normalised). All of one context's requests go to the member in one ``score`` call."""
     member = view.member
@@ -411,7 +394,7 @@ def _member_loglikelihoods(view: MemberView, conts: Sequence[str], heal: bool = 
     # As at the start of a generation: the context is evaluated the same way whatever was scored before, so a
     # request's numbers do not depend on its neighbours in the run.
     member.prefill(ctx)
-    return [lp for lp, _ in member_logprobs(view, ctx, "", [Candidate(text=cont) for cont in conts], heal)]
+    return [lp for lp, _ in member_logprobs(view, ctx, "", [Candidate(text=cont) for cont in conts])]
 
 
 def _still_matching(written: bytes, targets: Sequence[bytes]) -> bool:
@@ -539,22 +522,6 @@ def _as_int(name: str, value: object, low: int) -> int:
     if number < low:
         raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     return number
-
-
-def _as_bool(name: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    try:
-        return parse_bool(str(value).strip())
-    except ValueError:
-        raise ConfigError(f"{name} must be true or false, got {value!r}") from None
-
-
-def _as_float(name: str, value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
 # ------------------------------------------------------------------------------------- discovery and the CLI

@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adafuse.config import METHODS, NAMED_WEIGHTS, DecodeConfig
+from adafuse.config import DecodeConfig, read_config
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError, MemberError, PromptError
 from adafuse.result import Result, Round
@@ -43,28 +43,8 @@ log = logging.getLogger(__name__)
 MODEL_ID = "adafuse"
 MAX_TOKENS_CAP = 8192
 MAX_STOP = 16
-#: the ensemble options a request may set under ``adafuse`` (DecodeConfig fields), and ``trace``.
-ADAFUSE_OPTIONS = {
-    "method": str,
-    "theta": float,
-    "max_words": int,
-    "beam": int,
-    "weights": list,
-    "normalise": str,
-    "top_k": int,
-    "word_token_cap": int,
-    "span_tokens": int,
-    "single_member": int,
-    "stop_at_boxed": bool,
-    "granularity": str,
-    "combiner": str,
-    "auto_sharpness": float,
-    "auto_evidence": str,
-    "min_weight": float,
-    "token_healing": bool,
-    "solo_branching": bool,
-    "trace": bool,
-}
+#: options the OpenAI request sets in its own fields (``max_tokens``, ``stop``), not under ``adafuse``.
+OPENAI_FIELDS = ("max_new_tokens", "stop")
 #: OpenAI fields a greedy ensemble accepts and ignores: sampling knobs have nothing to act on.
 IGNORED = {"temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "user", "logit_bias", "top_k"}
 
@@ -149,42 +129,21 @@ def _max_tokens(body: dict[str, Any], default: int) -> int:
     return int(value)
 
 
-def _options(body: dict[str, Any], defaults: DecodeConfig, n_members: int) -> tuple[dict[str, Any], bool]:
+def _options(body: dict[str, Any], defaults: DecodeConfig) -> tuple[dict[str, Any], bool]:
     raw = body.get("adafuse")
     if raw is None:
         return {}, False
     if not isinstance(raw, dict):
         raise _bad("adafuse", f"must be an object of ensemble options, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(ADAFUSE_OPTIONS))
-    if unknown:
-        raise _bad("adafuse", f"unknown option(s) {unknown}; known: {sorted(ADAFUSE_OPTIONS)}")
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        want = ADAFUSE_OPTIONS[key]
-        param = f"adafuse.{key}"
-        if value is None:
-            continue
-        if want is float and not _is_num(value):
-            raise _bad(param, f"must be a number, got {value!r}")
-        if want is int and not _is_int(value):
-            raise _bad(param, f"must be an integer, got {value!r}")
-        if want is bool and not isinstance(value, bool):
-            raise _bad(param, f"must be true or false, got {value!r}")
-        if want is str and not isinstance(value, str):
-            raise _bad(param, f"must be a string, got {value!r}")
-        if key == "method" and value not in METHODS:
-            raise _bad(param, f"must be one of {list(METHODS)}, got {value!r}")
-        if key == "weights" and value in NAMED_WEIGHTS:
-            pass
-        elif key == "weights":
-            if not isinstance(value, list) or not all(_is_num(w) for w in value):
-                raise _bad(param, f'must be a list of numbers, "auto" or "equal", got {value!r}')
-            if len(value) != n_members:
-                raise _bad(param, f"{len(value)} weights given for {n_members} members")
-            value = tuple(float(w) for w in value)
-        out[key] = value
-    trace = bool(out.pop("trace", False))
-    return out, trace
+    options = dict(raw)
+    trace = options.pop("trace", False)
+    if not isinstance(trace, bool):
+        raise _bad("adafuse.trace", f"must be true or false, got {trace!r}")
+    try:
+        config = read_config(options, defaults, exclude=OPENAI_FIELDS, text=False)
+    except ConfigError as exc:
+        raise _bad("adafuse", str(exc)) from None
+    return {key: getattr(config, key) for key in options if options[key] is not None}, trace
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
@@ -262,7 +221,7 @@ def parse_job(body: dict[str, Any], chat: bool, defaults: DecodeConfig, n_member
         if not raw.strip():
             raise ApiError(400, "the prompt is empty", param="prompt")
         prompt = raw
-    options, trace = _options(body, defaults, n_members)
+    options, trace = _options(body, defaults)
     stop = _stop(body.get("stop"))
     changes: dict[str, Any] = dict(options, max_new_tokens=_max_tokens(body, defaults.max_new_tokens))
     if stop is not None:
