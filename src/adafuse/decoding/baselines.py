@@ -12,24 +12,21 @@ from __future__ import annotations
 
 import math
 
-from adafuse.backends.base import Step
+from adafuse.backends.base import Step, TopK
 from adafuse.config import DecodeConfig
 from adafuse.decoding.proposals import UNBOUNDED_WORDS, WORD_TOKEN_CAP, DraftWriter, write_draft
 from adafuse.decoding.scoring import Draft, score_candidates, select, union
-from adafuse.decoding.state import DecodeState
+from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.decoding.words import decode_utf8_prefix
 from adafuse.result import Proposal, Round
 
 
 def _draft_round(state: DecodeState, index: int, unit: str) -> Round:
     """Every active member writes one greedy draft; the drafts are scored by all and the best is committed."""
-    cfg = state.config
     proposals: list[Proposal] = []
     drafts: list[Draft] = []
-    for i in state.active:
-        view = state.views[i]
-        first = view.member.next_token(state.context(i), cfg.top_k)
-        writer = _writer(state, i, unit, cfg)
+    for i, view, first in _first_steps(state):
+        writer = _writer(state, i, unit, state.config)
         draft = write_draft(state, i, Step(first, first.ids[0]), writer)
         proposals.append(Proposal(view.name, [first.margin], branched=False, candidates=[draft.text]))
         drafts.append(draft)
@@ -41,6 +38,14 @@ def _draft_round(state: DecodeState, index: int, unit: str) -> Round:
         score_candidates(state, candidates, drafts)
         chosen = select(candidates)
     return Round(index, proposals, candidates, chosen, candidates[chosen].text, fast_path=fast, unit=unit)
+
+
+def _first_steps(state: DecodeState) -> list[tuple[int, MemberView, TopK]]:
+    """Each voting member's next-token distribution after the committed text."""
+    return [
+        (i, state.views[i], state.views[i].member.next_token(state.context(i), state.config.top_k))
+        for i in state.active
+    ]
 
 
 def _writer(state: DecodeState, member: int, unit: str, cfg: DecodeConfig) -> DraftWriter:
@@ -66,12 +71,9 @@ def sample_round(state: DecodeState, index: int) -> Round:
 
 def token_round(state: DecodeState, index: int) -> Round:
     """One token-string per round: union of every member's top-k strings, averaged probabilities, argmax."""
-    cfg = state.config
     proposals: list[Proposal] = []
     drafts: list[Draft] = []
-    for i in state.active:
-        view = state.views[i]
-        top = view.member.next_token(state.context(i), cfg.top_k)
+    for i, view, top in _first_steps(state):
         texts = []
         for tok, lp in zip(top.ids, top.logprobs, strict=True):
             if view.member.is_eog(tok):

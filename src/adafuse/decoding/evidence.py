@@ -43,6 +43,7 @@ Span = tuple[int, int]
 #: The shortest instructions worth reading (``instructions``): a one-line question is no task description.
 MIN_INSTRUCTION_BYTES = 100
 
+
 def answer_spans(prompt: str) -> list[Span]:
     """Byte ranges of the prompt's worked answers (see the module docstring); empty when it has none."""
     text = prompt.rstrip()

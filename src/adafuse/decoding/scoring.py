@@ -40,7 +40,9 @@ class Draft:
     logprobs: list[float]
 
 
-def score_candidates(state: DecodeState, candidates: list[Candidate], drafts: list[Draft], per_token: bool = True) -> None:
+def score_candidates(
+    state: DecodeState, candidates: list[Candidate], drafts: list[Draft], per_token: bool = True
+) -> None:
     """Fill ``candidate.scores`` (member -> NLL, per token unless ``per_token`` is False) and ``candidate.combined``
     (the weighted mean over the voting members) for every candidate."""
 
