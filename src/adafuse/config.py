@@ -44,8 +44,9 @@ class DecodeConfig:
     """How one answer is decoded. Each field says what it does; docs/RESULTS.md says why its default is what it
     is (under the topic named in brackets)."""
 
-    method: str = option("adafuse", "Decoding method: adafuse, or a baseline: token, span, sample, single.",
-                         choices=METHODS)  # fmt: skip
+    method: str = option(
+        "adafuse", "Decoding method: adafuse, or a baseline: token, span, sample, single.", choices=METHODS
+    )
     theta: float = option(
         0.7, "A member is confident when its top-1 minus top-2 next-token probability reaches theta.", low=0, high=1
     )
@@ -72,8 +73,9 @@ class DecodeConfig:
         "[Granularity].",
         choices=GRANULARITIES,
     )
-    max_new_tokens: int = option(64, "Token budget of the answer, counted in the first voting member's tokenizer.",
-                                 low=1, request=True)  # fmt: skip
+    max_new_tokens: int = option(
+        64, "Token budget of the answer, counted in the first voting member's tokenizer.", low=1, request=True
+    )
     max_rounds: int | None = option(None, "Most rounds per answer (none: only the token budget ends it).", low=1)
     stop: tuple[str, ...] = option((), "Stop strings: the answer ends before the first one.", request=True)
     stop_at_boxed: bool = option(False, "End the answer once a \\boxed{...} is complete.", request=True)
