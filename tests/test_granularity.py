@@ -1,4 +1,4 @@
-"""The granularity controller, the confidence combiner and evidence weights, on scripted members."""
+"""The granularity controller, the weighted mean and evidence weights, on scripted members."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fakes import EOS, ScriptedMember, table
 from adafuse.config import DecodeConfig
 from adafuse.decoding.evidence import MIN_INSTRUCTION_BYTES, answer_spans, evidence_weights, instruction_spans
 from adafuse.decoding.granularity import (
+    POLICY,
     GranularityPolicy,
     Signals,
     boundary_end,
@@ -21,8 +22,6 @@ from adafuse.decoding.granularity import (
 from adafuse.ensemble import Ensemble
 from adafuse.errors import ConfigError
 from adafuse.result import Result
-
-POLICY = GranularityPolicy()
 
 
 def signals(margins=(0.9, 0.95), entropies=(0.3, 0.2), streak=0, kind="prose", words=10) -> Signals:
@@ -62,12 +61,13 @@ def test_maths_is_fused_a_word_at_a_time_and_code_never_grows():
     assert (unit.name, unit.max_words) == ("word", 3)
 
 
-def test_policy_thresholds_are_configurable():
+def test_the_rule_reads_its_thresholds_from_the_policy():
     eager = GranularityPolicy(sentence_after=0, lead_words=0, sentence_words=5)
     unit = decide(signals(streak=0, words=0), 0.7, 3, eager)
     assert (unit.name, unit.max_words) == ("sentence", 5)
-    with pytest.raises(ConfigError, match="sentence_words"):
-        GranularityPolicy(sentence_words=0)
+    # Without one, the thresholds in force (the constant POLICY) decide: the answer's first words word by word.
+    assert decide(signals(streak=0, words=0), 0.7, 3) == decide(signals(streak=0, words=0), 0.7, 3, POLICY)
+    assert decide(signals(streak=0, words=0), 0.7, 3).name == "word"
 
 
 @pytest.mark.parametrize(
@@ -148,11 +148,9 @@ def test_fixed_token_granularity_fuses_one_token_per_round():
     assert res.rounds[0].committed == " The" and res.telemetry.rounds == 12  # 11 tokens, then the end
 
 
-def test_granularity_and_combiner_are_validated():
+def test_granularity_and_weight_options_are_validated():
     with pytest.raises(ConfigError, match="granularity"):
         DecodeConfig(granularity="chapter")
-    with pytest.raises(ConfigError, match="combiner"):
-        DecodeConfig(combiner="max")
     with pytest.raises(ConfigError, match="weights"):
         DecodeConfig(weights="best")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="auto_sharpness"):
@@ -162,7 +160,7 @@ def test_granularity_and_combiner_are_validated():
             DecodeConfig(min_weight=floor)  # type: ignore[arg-type]
 
 
-# -- combiners and weights --------------------------------------------------------------------------------------
+# -- the weighted mean and weights -------------------------------------------------------------------------------
 
 QA = [" Paris", " Rome", " Lyon", "\n"]
 # a proposes " Paris" but is unsure; b is very sure of " Rome"; each scores the other's answer lower.
@@ -170,20 +168,10 @@ SURE_ROME = {"": {" Rome": 0.9, " Paris": 0.05}, " Rome": {EOS: 0.99}, " Paris":
 UNSURE_PARIS = {"": {" Paris": 0.45, " Rome": 0.2, " Lyon": 0.3}, " Rome": {EOS: 0.99}, " Paris": {EOS: 0.99}}
 
 
-def qa_member(name: str, rows: dict, logprob: float | None = None) -> ScriptedMember:
-    m = ScriptedMember(name, QA, table(rows), prompt="Q:")
+def qa_member(name: str, rows: dict, logprob: float | None = None, prompt: str = "Q:") -> ScriptedMember:
+    m = ScriptedMember(name, QA, table(rows), prompt=prompt)
     m.prompt_logprob = logprob
     return m
-
-
-def test_confidence_combiner_lets_the_sure_member_decide():
-    cfg = DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2))
-    ens = Ensemble([qa_member("a", UNSURE_PARIS), qa_member("b", SURE_ROME)])
-    # The mean NLL with a's heavy weight prefers a's answer ...
-    assert ens.generate("Q:", cfg).text == " Paris"
-    # ... weighting each vote by the voter's certainty this round hands it to b.
-    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2), combiner="confidence"))
-    assert res.text == " Rome"
 
 
 # a is sure of " Paris" and all but rules " Rome" out; b and c both prefer " Rome", clearly but not absolutely.
@@ -191,28 +179,19 @@ VETO_PARIS = {"": {" Paris": 0.95, " Rome": 0.0005}, " Rome": {EOS: 0.99}, " Par
 MAJORITY_ROME = {"": {" Rome": 0.8, " Paris": 0.05}, " Rome": {EOS: 0.99}, " Paris": {EOS: 0.99}}
 
 
-def test_vote_combiner_bounds_each_members_say_so_one_member_cannot_veto():
-    def run(combiner: str):
-        members = [qa_member("a", VETO_PARIS), qa_member("b", MAJORITY_ROME), qa_member("c", MAJORITY_ROME)]
-        return Ensemble(members).generate("Q:", DecodeConfig(max_words=1, beam=2, combiner=combiner))
-
-    # The mean NLL: a's -log(0.0005) outweighs b's and c's preference together.
-    assert run("mean").text == " Paris"
-    voted = run("vote")
-    assert voted.text == " Rome"
-    # Each member shares out one vote in proportion to exp(-score) over the round's candidates.
-    cands = voted.rounds[0].candidates
-    rome = next(c for c in cands if c.text == " Rome")
-    shares = [math.exp(-rome.scores[m]) / sum(math.exp(-c.scores[m]) for c in cands) for m in "abc"]
-    assert rome.combined == pytest.approx(-math.log(sum(shares) / 3))
-    assert shares[0] < 0.05 < 0.75 < min(shares[1:])
+def test_under_the_weighted_mean_one_members_near_certain_rejection_outweighs_two_others():
+    members = [qa_member("a", VETO_PARIS), qa_member("b", MAJORITY_ROME), qa_member("c", MAJORITY_ROME)]
+    res = Ensemble(members).generate("Q:", DecodeConfig(max_words=1, beam=2))
+    # a's -log(0.0005) for " Rome" outweighs b's and c's preference together (docs/RESULTS.md, trace 1).
+    assert res.text == " Paris"
+    for cand in res.rounds[0].candidates:
+        assert cand.combined == pytest.approx(sum(cand.scores[m] for m in "abc") / 3)
 
 
 def test_default_weights_are_automatic_for_adafuse_and_equal_for_the_baselines():
     cfg = DecodeConfig()
     assert cfg.resolved_weights == "auto" and cfg.auto_weights and cfg.to_dict()["weights"] == "auto"
-    assert (cfg.auto_sharpness, cfg.min_weight, cfg.auto_evidence) == (100.0, 0.05, "instructions")
-    assert not cfg.solo_branching
+    assert (cfg.auto_sharpness, cfg.min_weight) == (100.0, 0.05)
     # The default survives a change of method: each method gets its own.
     for method in ("span", "sample", "token"):
         other = replace(cfg, method=method)
@@ -233,29 +212,33 @@ def test_evidence_weights_follow_the_rule():
     assert evidence_weights((1 / 3,) * 3, {0: 0.9, 2: 0.9}, 20.0) == pytest.approx((0.5, 0.0, 0.5))
 
 
-def test_auto_weights_trust_the_member_that_predicts_the_prompt_best():
-    # The prompt is "Q:"; the evidence covers ":" (1 byte): b's log-likelihood is far higher, so b's answer wins
-    # despite equal base weights.
-    ens = Ensemble([qa_member("a", UNSURE_PARIS, logprob=-3.0), qa_member("b", SURE_ROME, logprob=-2.0)])
-    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2)))
+FEWSHOT = "Q: x?\nA: Rome\n\nQ: y?\nA:"
+
+
+def test_auto_weights_trust_the_member_that_predicts_the_worked_answers_best():
+    # The prompt's one worked answer is " Rome" (5 bytes, one token); each member reads the 9 tokens up to its end,
+    # and the fake spreads its log-likelihood evenly over the 8 after the first: b's is far higher, so b's answer
+    # wins despite equal base weights.
+    ens = Ensemble(
+        [qa_member("a", UNSURE_PARIS, logprob=-16.0, prompt=FEWSHOT), qa_member("b", SURE_ROME, -4.0, FEWSHOT)]
+    )
+    res = ens.generate(FEWSHOT, DecodeConfig(max_words=1, beam=1, weights=(0.8, 0.2)))
     assert res.text == " Paris"
-    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, weights="auto", auto_evidence="prompt"))
-    assert res.text == " Rome"
-    assert res.telemetry.prompt_nll == {"a": 3.0, "b": 2.0}
-    assert res.telemetry.weights["b"] > 0.99
+    res = ens.generate(FEWSHOT, DecodeConfig(max_words=1, beam=1, weights="auto"))
+    assert res.text == " Rome" and res.telemetry.evidence == "answers"
+    assert res.telemetry.prompt_nll == pytest.approx({"a": 16.0 / 8 / 5, "b": 4.0 / 8 / 5})
+    assert res.telemetry.weights["b"] > 0.99 and res.telemetry.benched == ["a"]
     # The result (and its config) survive a JSON round trip.
     back = Result.from_dict(json.loads(json.dumps(res.to_dict())))
     assert back.telemetry.weights == res.telemetry.weights and back.config["weights"] == "auto"
 
 
-def test_a_prompt_without_worked_answers_is_no_evidence_by_default():
-    # "Q:" has no worked answer: the default keeps the given weights (equal), "answers" falls back to the prompt.
+def test_a_prompt_without_worked_answers_or_instructions_is_no_evidence():
+    # "Q:" has neither worked answers nor instructions: the given weights (equal) stand.
     ens = Ensemble([qa_member("a", UNSURE_PARIS, logprob=-3.0), qa_member("b", SURE_ROME, logprob=-2.0)])
     res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1))
     assert res.config["weights"] == "auto" and res.telemetry.evidence is None and res.telemetry.prompt_nll == {}
     assert res.telemetry.weights == {"a": 0.5, "b": 0.5} and res.telemetry.benched == []
-    res = ens.generate("Q:", DecodeConfig(max_words=1, beam=1, auto_evidence="answers"))
-    assert res.telemetry.evidence == "prompt" and res.telemetry.weights["b"] > 0.99 and res.text == " Rome"
 
 
 def test_auto_weights_fall_back_to_the_given_weights_when_a_member_cannot_tell():
@@ -287,7 +270,7 @@ def test_worked_answers_are_found_after_every_earlier_cue():
 
 def test_auto_weights_judge_members_on_the_worked_answers_only():
     # Both members read a two-example prompt. a predicts the questions far better and the answers far worse:
-    # on the whole prompt a is trusted, on the answers b is.
+    # on the whole prompt a would be trusted; on the answers, which are the evidence, b is.
     prompt = "Q: x?\nA: Rome\n\nQ: y?\nA:"
 
     def member(name: str, question_lp: float, answer_lp: float) -> ScriptedMember:
@@ -296,16 +279,11 @@ def test_auto_weights_judge_members_on_the_worked_answers_only():
         m.evidence = lambda ctx: [answer_lp if t in rome else question_lp for t in range(1, len(ctx))]  # type: ignore
         return m
 
-    def weights(evidence: str) -> dict[str, float]:
-        ens = Ensemble([member("a", -0.1, -5.0), member("b", -2.0, -0.5)])
-        res = ens.generate(prompt, DecodeConfig(max_words=1, weights="auto", auto_evidence=evidence))
-        assert res.telemetry.evidence == evidence
-        return res.telemetry.weights
-
-    assert weights("answers")["b"] > 0.99
-    assert weights("prompt")["a"] > 0.99
-    with pytest.raises(ConfigError, match="auto_evidence"):
-        DecodeConfig(auto_evidence="questions")
+    ens = Ensemble([member("a", -0.1, -5.0), member("b", -2.0, -0.5)])
+    res = ens.generate(prompt, DecodeConfig(max_words=1, weights="auto"))
+    assert res.telemetry.evidence == "answers" and res.telemetry.weights["b"] > 0.99
+    # Only the answer's one token counts, per byte of " Rome".
+    assert res.telemetry.prompt_nll == pytest.approx({"a": 5.0 / 5, "b": 0.5 / 5})
 
 
 def test_evidence_is_per_byte_of_the_answers_whatever_the_tokens_around_them():
@@ -322,49 +300,25 @@ def test_evidence_is_per_byte_of_the_answers_whatever_the_tokens_around_them():
 
     separate = tokens([2, 7, 8, 10])  # "A:", " Rome", ".", "\n\n", "Q:"
     merged = tokens([2, 7, 10])  # "A:", " Rome", ".\n\n", "Q:"
-    a = separate.nll_per_byte([-2.0, -0.5, -0.01, -9.0], answer)  # tokens after the first
-    b = merged.nll_per_byte([-2.0, -0.51, -9.0], answer)
+    a = separate.nll_per_byte([-2.0, -0.5, -0.01, -9.0])  # tokens after the first
+    b = merged.nll_per_byte([-2.0, -0.51, -9.0])
     assert a == pytest.approx(2.5 / 6) and b == pytest.approx(2.51 / 6)
 
 
-# -- word normalisation -----------------------------------------------------------------------------------------
-
-NAMES = [" Pierre", " de", " Coubertin", " Jacques", "-Henri", "\n"]
-# a is unsure between " Pierre" and a name that runs away into easy repetitions; per-token averaging rewards
-# the runaway (its later tokens are near certain), the word's own probability does not.
-RUNAWAY = {
-    "": {" Pierre": 0.3, " Jacques": 0.25},
-    " Pierre": {" de": 0.9},
-    " Pierre de": {" Coubertin": 0.9},
-    " Pierre de Coubertin": {"\n": 0.9},
-    " Jacques": {"-Henri": 0.99},
-    **{" Jacques" + "-Henri" * k: {"-Henri": 0.99} for k in range(1, 20)},
-}
+INSTRUCTED = "Translate the sentence into German. " * 4 + "\n\nEnglish: a cat\nGerman:"
 
 
-def test_word_normalisation_compares_first_words_so_runaway_words_lose():
-    def ens() -> Ensemble:
-        return Ensemble([ScriptedMember(n, NAMES, table(RUNAWAY), prompt="Q:") for n in ("a", "b")])
-
-    cfg = DecodeConfig(max_words=1, beam=2, word_token_cap=6, max_new_tokens=12, stop=("\n",))
-    per_token = ens().generate("Q:", cfg)
-    assert per_token.rounds[0].committed.startswith(" Jacques-Henri")
-    per_word = ens().generate("Q:", DecodeConfig(**{**cfg.__dict__, "normalise": "word"}))
-    assert per_word.text == " Pierre de Coubertin"
-    first = per_word.rounds[0]
-    pierre = next(c for c in first.candidates if c.text == " Pierre")
-    assert pierre.scores["a"] == pytest.approx(-math.log(0.3), abs=1e-6)  # the word's own NLL, not an average
-
-
-def test_whole_prompt_evidence_needs_the_same_text_for_every_member():
+def test_evidence_needs_the_same_text_for_every_member():
     # Under chat each member reads the request in its own template: per byte of different texts is no comparison,
-    # so there is no evidence and the given weights stand.
-    a = ScriptedMember("a", QA, table(UNSURE_PARIS), prompt="U: Q\nA:")
+    # so there is no evidence and the given weights stand, although each rendering has instructions to read.
+    content = INSTRUCTED.rsplit("\n", 1)[0]  # the instructions and the input, no cue (the template adds its own)
+    a = ScriptedMember("a", QA, table(UNSURE_PARIS), prompt=f"U: {content}\nA:")
     a.chat_template = "U: {{ messages[0]['content'] }}\nA:"
-    b = ScriptedMember("b", QA, table(SURE_ROME), prompt="User: Q\n\nAssistant:")
+    b = ScriptedMember("b", QA, table(SURE_ROME), prompt=f"User: {content}\n\nAssistant:")
     a.prompt_logprob, b.prompt_logprob = -3.0, -2.0
-    cfg = DecodeConfig(max_words=1, beam=1, auto_evidence="prompt")
-    res = Ensemble([a, b]).generate([{"role": "user", "content": "Q"}], cfg, chat=True)
+    assert instruction_spans(a.prompt) and instruction_spans(b.prompt)
+    cfg = DecodeConfig(max_words=1, beam=1)
+    res = Ensemble([a, b]).generate([{"role": "user", "content": content}], cfg, chat=True)
     assert res.telemetry.evidence is None and res.telemetry.weights == {"a": 0.5, "b": 0.5}
 
 
@@ -378,31 +332,10 @@ ROME_OR_ROMANIA = {
 }
 
 
-def test_auto_normalisation_judges_words_by_their_probability_when_evidence_weights_are_in_force():
-    m = ScriptedMember("m", [" Rome", " Ro", "man", "ia"], table(ROME_OR_ROMANIA), prompt="Q:")
-    m.prompt_logprob = -2.0
-    ens = Ensemble([m])
-    auto = DecodeConfig(beam=2, auto_evidence="prompt", normalise="auto", solo_branching=True)
-    # Evidence weights (here from the whole prompt): the first word's total probability, 0.4 against 0.35.
-    res = ens.generate("Q:", auto)
-    assert res.telemetry.evidence == "prompt" and res.telemetry.normalise == "word" and res.text == " Rome"
-    # The per-token mean (the default) prefers the word of three tokens whose later tokens are easy:
-    # (1.05 + 0.02) / 3 < 0.92.
-    res = ens.generate("Q:", DecodeConfig(beam=2, auto_evidence="prompt", solo_branching=True))
-    assert DecodeConfig().normalise == "token"
-    assert res.telemetry.normalise == "token" and res.text == " Romania"
-    # No worked answers, so no evidence: "auto" is the paper's per-token mean; and so for the baselines.
-    res = ens.generate("Q:", replace(auto, auto_evidence="answers_only"))
-    assert res.telemetry.evidence is None and res.telemetry.normalise == "token" and res.text == " Romania"
-    assert auto.to_dict()["normalise"] == "auto"  # decided per request: it depends on the prompt
-    for cfg in (replace(auto, weights="equal"), replace(auto, method="span")):
-        assert ens.generate("Q:", cfg).telemetry.normalise == "token"
-        assert cfg.to_dict()["normalise"] == "token"  # what "auto" always is there
-
-
 def test_a_member_left_voting_alone_writes_its_greedy_answer():
-    # Judging its own branches by the per-token mean, a lone member would take " Romania" (trace 9's bias); with
-    # nobody to check it, it writes what it writes alone: " Rome", the same text and rounds as ``single``.
+    # Judging its own branches by the per-token mean, a lone member would take " Romania" (trace 9's bias): two
+    # members alike, each judging the other's branches, do: (1.05 + 0.02) / 3 < 0.92. With nobody to check it, a
+    # lone member writes what it writes alone: " Rome", the same text and rounds as ``single``.
     def lone() -> ScriptedMember:
         return ScriptedMember("m", [" Rome", " Ro", "man", "ia"], table(ROME_OR_ROMANIA), prompt="Q:")
 
@@ -410,7 +343,9 @@ def test_a_member_left_voting_alone_writes_its_greedy_answer():
     single = Ensemble([lone()]).generate("Q:", DecodeConfig(method="single"))
     assert res.text == single.text == " Rome" and res.finish_reason == single.finish_reason == "eos"
     assert not res.rounds[0].proposals[0].branched and res.rounds[0].fast_path
-    assert Ensemble([lone()]).generate("Q:", DecodeConfig(beam=2, solo_branching=True)).text == " Romania"
+    twins = Ensemble([lone(), ScriptedMember("n", [" Rome", " Ro", "man", "ia"], table(ROME_OR_ROMANIA), "Q:")])
+    fused = twins.generate("Q:", DecodeConfig(beam=2))
+    assert fused.text == " Romania" and fused.rounds[0].proposals[0].branched
     # So the study's theta x B grid is the default itself wherever one member is left (docs/RESULTS.md).
     default = Ensemble([lone()]).generate("Q:", DecodeConfig()).to_dict()["rounds"]
     for theta in (0.3, 0.5, 0.7, 0.9):
@@ -424,11 +359,6 @@ def test_a_member_left_voting_alone_writes_its_greedy_answer():
     # Under the default floor (0.05) a member with more of the vote stays, and the round fuses as before.
     res = Ensemble([lone(), other]).generate("Q:", DecodeConfig(beam=2, weights=(0.9, 0.1)))
     assert res.telemetry.benched == [] and {p.member for p in res.rounds[0].proposals} == {"m", "o"}
-    with pytest.raises(ConfigError, match="solo_branching must be true or false"):
-        DecodeConfig(solo_branching="no")  # type: ignore[arg-type]
-
-
-INSTRUCTED = "Translate the sentence into German. " * 4 + "\n\nEnglish: a cat\nGerman:"
 
 
 def test_instructions_are_the_text_before_the_last_paragraph_when_long_enough():
@@ -447,7 +377,6 @@ def test_instructions_are_the_evidence_of_a_zero_shot_prompt_by_default():
 
     ens = Ensemble([member("a", -0.5), member("b", -0.1)])
     cfg = DecodeConfig(max_words=1, beam=1, max_new_tokens=2)
-    assert cfg.auto_evidence == "instructions"
     res = ens.generate(INSTRUCTED, cfg)
     assert res.telemetry.evidence == "instructions" and res.telemetry.weights["b"] > 0.99
     assert res.telemetry.benched == ["a"]
@@ -457,8 +386,9 @@ def test_instructions_are_the_evidence_of_a_zero_shot_prompt_by_default():
         ens.members[0].token_bytes(ens.members[0].tokenize(INSTRUCTED)[0])
     )
     assert res.telemetry.prompt_nll["b"] == pytest.approx(0.1 * (n - 1) / head_bytes)
-    # Worked answers only: no evidence here, the given weights stand.
-    res = ens.generate(INSTRUCTED, replace(cfg, auto_evidence="answers_only"))
+    # Instructions too short to tell (under MIN_INSTRUCTION_BYTES): no evidence, the given weights stand.
+    short = "Translate into German.\n\nEnglish: a cat\nGerman:"
+    res = Ensemble([member("a", -0.5, short), member("b", -0.1, short)]).generate(short, cfg)
     assert res.telemetry.evidence is None and res.telemetry.weights == {"a": 0.5, "b": 0.5}
     # Worked answers come first when there are some.
     fewshot = "Q: x?\nA: Rome\n\nQ: y?\nA:"
