@@ -22,7 +22,7 @@ from typing import Any
 from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from adafuse.errors import PromptError
+from adafuse.errors import PromptError, require_text
 
 Message = dict[str, str]
 _ROLES = ("system", "user", "assistant")
@@ -37,7 +37,7 @@ def validate_messages(messages: Sequence[Any]) -> list[Message]:
             raise PromptError(
                 f"message {i} must be an object with role in {list(_ROLES)} and string content, got {m!r}"
             )
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append({"role": m["role"], "content": require_text(m["content"], f"message {i}'s content")})
     if not any(m["content"].strip() for m in out):
         raise PromptError("the conversation is empty (every message has empty content)")
     return out

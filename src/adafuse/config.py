@@ -14,12 +14,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from adafuse.decoding.granularity import GRANULARITIES
-from adafuse.errors import ConfigError
+from adafuse.errors import ConfigError, require_text
 
 METHODS = ("adafuse", "token", "span", "sample", "single")
 #: weights spelled by name (every surface accepts these; "default" is the field's own default).
 NAMED_WEIGHTS = ("auto", "equal")
 Weights = tuple[float, ...] | Literal["auto", "equal", "default"] | None
+#: bounds of the stop strings (every draft looks for each of them after every token).
+MAX_STOP = 16
+MAX_STOP_CHARS = 256
 
 
 def option(
@@ -44,21 +47,21 @@ class DecodeConfig:
     """How one answer is decoded. Each field says what it does; docs/RESULTS.md says why its default is what it
     is (under the topic named in brackets)."""
 
-    method: str = option(
-        "adafuse", "Decoding method: adafuse, or a baseline: token, span, sample, single.", choices=METHODS
-    )
+    method: str = option("adafuse", "Decoding method: adafuse, or one of the baselines.", choices=METHODS)
     theta: float = option(
         0.7, "A member is confident when its top-1 minus top-2 next-token probability reaches theta.", low=0, high=1
     )
-    max_words: int = option(3, "The longest span, in words, that a confident member proposes in one round.", low=1)
-    beam: int = option(3, "How many first tokens (B) an uncertain member branches on.", low=1)
+    max_words: int = option(
+        3, "The longest span, in words, that a confident member proposes in one round.", low=1, high=64
+    )
+    beam: int = option(3, "How many first tokens (B) an uncertain member branches on.", low=1, high=16)
     weights: Weights = option(
         "default",
         "Member weights: auto (from each member's likelihood of its prompt's worked answers), equal (the paper's), "
         "or one number per member. default: auto for adafuse, equal for the baselines [Member weights].",
     )
     auto_sharpness: float = option(
-        100.0, "With auto weights: beta in w ~ exp(-beta * NLL per byte); 0 keeps the given weights.", low=0
+        100.0, "With auto weights: beta in w ~ exp(-beta * NLL per byte); 0 keeps the given weights.", low=0, high=1000
     )
     min_weight: float = option(
         0.05,
@@ -69,19 +72,29 @@ class DecodeConfig:
     )
     granularity: str = option(
         "word",
-        "Fusion unit per round: word (the paper's), adaptive (chosen per round), token, sentence or paragraph "
-        "[Granularity].",
+        "Fusion unit per round: word is the paper's; adaptive chooses one per round [Granularity].",
         choices=GRANULARITIES,
     )
     max_new_tokens: int = option(
-        64, "Token budget of the answer, counted in the first voting member's tokenizer.", low=1, request=True
+        64,
+        "Token budget of the answer, counted in the first voting member's tokenizer.",
+        low=1,
+        high=8192,
+        request=True,
     )
-    max_rounds: int | None = option(None, "Most rounds per answer (none: only the token budget ends it).", low=1)
+    max_rounds: int | None = option(
+        None, "Most rounds per answer (none: only the token budget ends it).", low=1, high=8192
+    )
     stop: tuple[str, ...] = option((), "Stop strings: the answer ends before the first one.", request=True)
     stop_at_boxed: bool = option(False, "End the answer once a \\boxed{...} is complete.", request=True)
-    span_tokens: int = option(8, "span baseline: tokens per draft (each drafted to the next word's end).", low=1)
+    span_tokens: int = option(
+        8, "span baseline: tokens per draft (each drafted to the next word's end).", low=1, high=256
+    )
     top_k: int = option(
-        10, "Next-token candidates read per step: the token baseline's strings, the adaptive unit's entropy.", low=2
+        10,
+        "Next-token candidates read per step: the token baseline's strings, the adaptive unit's entropy.",
+        low=2,
+        high=100,
     )
     single_member: int | None = option(None, "single baseline: which member (index) writes the answer.", low=0)
 
@@ -94,6 +107,10 @@ class DecodeConfig:
         object.__setattr__(self, "weights", _check_weights(self.weights))
         if not isinstance(self.stop, tuple | list) or any(not isinstance(s, str) for s in self.stop):
             raise ConfigError("stop must be a list of strings")
+        if len(self.stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise ConfigError(f"stop takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters")
+        for s in self.stop:
+            require_text(s, f"stop string {s!r}", ConfigError)
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
     @property

@@ -15,7 +15,7 @@ from adafuse.decoding.baselines import sample_round, single_round, span_round, t
 from adafuse.decoding.failure import FailurePolicy, check_policy
 from adafuse.decoding.loop import OnRound, Strategy, run
 from adafuse.decoding.state import DecodeState, MemberView
-from adafuse.errors import ConfigError, ModelNotFoundError, PromptError
+from adafuse.errors import ConfigError, ModelNotFoundError, PromptError, require_text
 from adafuse.result import Result
 
 STRATEGIES: dict[str, Strategy] = {
@@ -79,6 +79,7 @@ class Ensemble:
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise PromptError("the prompt is empty")
+            require_text(prompt, "the prompt")
             if not chat:
                 return [(prompt, False) for _ in self.members]
             messages = [{"role": "user", "content": prompt}]

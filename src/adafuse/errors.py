@@ -37,3 +37,16 @@ class MemberError(AdafuseError):
 
 class DataError(AdafuseError):
     """A data or prompt file is missing or malformed; the message names the file and line."""
+
+
+def require_text(value: str, what: str, error: type[AdafuseError] = PromptError) -> str:
+    """``value`` if it is valid Unicode text; ``error`` otherwise. Python strings can hold lone surrogates (from a
+    JSON ``\\udc80`` escape, or command-line bytes that are not UTF-8), which no tokenizer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(
+            f"{what} is not valid Unicode text (character {exc.start}: {value[exc.start]!r} is a lone surrogate, "
+            "e.g. bytes that are not UTF-8)"
+        ) from None
+    return value
