@@ -13,6 +13,7 @@ from adafuse.config import DecodeConfig
 from adafuse.decoding.adafuse import adafuse_round
 from adafuse.decoding.baselines import sample_round, single_round, span_round, token_round
 from adafuse.decoding.failure import FailurePolicy, check_policy
+from adafuse.decoding.guard import Budget, Guard
 from adafuse.decoding.loop import OnRound, Strategy, run
 from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.errors import ConfigError, ModelNotFoundError, PromptError, require_text
@@ -98,9 +99,14 @@ class Ensemble:
         *,
         chat: bool = False,
         on_round: OnRound | None = None,
+        cancel: threading.Event | None = None,
+        budget: Budget | None = None,
         **overrides: Any,
     ) -> Result:
-        """Decode one answer. ``prompt`` is raw text, or a list of chat messages (rendered per member)."""
+        """Decode one answer. ``prompt`` is raw text, or a list of chat messages (rendered per member).
+
+        ``cancel``: once set, the generation raises ``Cancelled`` within one model call. ``budget``: the answer
+        ends (finish reason ``budget``) with what was committed when it runs out."""
         cfg = config or DecodeConfig()
         if overrides:
             cfg = replace(cfg, **overrides)
@@ -117,7 +123,8 @@ class Ensemble:
             active = policy.admit(views, active)  # a member already down is dropped (or fails) here
             for i in active:
                 _check_fits(views[i], cfg)
-            state = DecodeState(views, cfg, weights, active=active)
+            guard = Guard(self.members, cancel, budget or Budget())
+            state = DecodeState(views, cfg, weights, active=active, guard=guard)
             result = run(state, policy, cfg.method, on_round)
             result.telemetry.dropped.update(policy.dropped)
             return result

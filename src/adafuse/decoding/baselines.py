@@ -42,6 +42,7 @@ def _draft_round(state: DecodeState, index: int, unit: str) -> Round:
 
 def _first_steps(state: DecodeState) -> list[tuple[int, MemberView, TopK]]:
     """Each voting member's next-token distribution after the committed text."""
+    state.check()
     return [
         (i, state.views[i], state.views[i].member.next_token(state.context(i), state.config.top_k))
         for i in state.active

@@ -141,6 +141,7 @@ def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | No
             return None
 
     def read(i: int) -> list[float] | None:
+        state.check()
         t = toks[i]
         return state.views[i].member.evidence(t.ids[: t.answer_tokens()])
 

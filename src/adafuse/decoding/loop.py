@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from adafuse.decoding.evidence import apply_auto_weights
+from adafuse.decoding.guard import BudgetSpent
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
 from adafuse.decoding.stopping import find_stop
@@ -27,23 +28,31 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     start = time.perf_counter()
     before = {v.name: v.member.stats.snapshot() for v in state.views}
     prompt_tokens = {state.views[i].name: len(state.views[i].ids("")) for i in state.active}
-    # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill then completes.
-    evidence = apply_auto_weights(state) if cfg.auto_weights else None
-    weights = {state.views[i].name: state.weights[i] for i in state.active}
-    benched = bench(state)
-    map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))
     rounds = state.rounds
+    evidence: tuple[dict[str, float], str] | None = None
+    weights = {state.views[i].name: state.weights[i] for i in state.active}
+    benched: list[str] = []
     finish = ""
-    while not finish:
-        if cfg.max_rounds is not None and len(rounds) >= cfg.max_rounds:
-            finish = "length"
-            break
-        rnd = strategy(state, len(rounds))
-        rounds.append(rnd)
-        state.commit(rnd.committed)
-        finish = _finish_reason(state, rnd)
-        if on_round is not None:
-            on_round(rnd, state.committed)
+    try:
+        # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill completes.
+        evidence = apply_auto_weights(state) if cfg.auto_weights else None
+        weights = {state.views[i].name: state.weights[i] for i in state.active}
+        benched = bench(state)
+        state.check()
+        map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))
+        while not finish:
+            if cfg.max_rounds is not None and len(rounds) >= cfg.max_rounds:
+                finish = "length"
+                break
+            rnd = strategy(state, len(rounds))
+            rounds.append(rnd)
+            state.commit(rnd.committed)
+            finish = _finish_reason(state, rnd)
+            if on_round is not None:
+                on_round(rnd, state.committed)
+    except BudgetSpent:
+        # Inside a round: the round is dropped and the answer is what was committed before it.
+        finish = "budget"
     telemetry = Telemetry(
         members=[
             MemberTelemetry(

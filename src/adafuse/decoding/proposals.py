@@ -49,6 +49,7 @@ class DraftWriter:
 
     def add(self, top: TopK, token: int) -> Draft | None:
         """Append ``token`` (taken from ``top``); return the finished draft, or None to keep going."""
+        self.state.check()
         view = self.state.views[self.member]
         member = view.member
         prev_words = self._words

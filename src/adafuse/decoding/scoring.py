@@ -47,6 +47,7 @@ def score_candidates(
     (the weighted mean over the voting members) for every candidate."""
 
     def member_scores(i: int) -> list[float]:
+        state.check()
         ctx = state.context(i)
         known = _own_logprobs(i, len(ctx), drafts)
         scored = member_logprobs(state.views[i], ctx, state.committed, candidates, known)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from adafuse.backends.base import Member
 from adafuse.config import DecodeConfig
+from adafuse.decoding.guard import Guard
 from adafuse.result import Round
 
 
@@ -65,10 +66,17 @@ class DecodeState:
     active: list[int] = field(default_factory=list)
     #: the rounds committed so far (the loop appends them): the granularity controller reads the agreement.
     rounds: list[Round] = field(default_factory=list)
+    #: the request's cancel signal and budget, checked inside drafting and scoring.
+    guard: Guard | None = None
 
     def __post_init__(self) -> None:
         if not self.active:
             self.active = list(range(len(self.views)))
+
+    def check(self) -> None:
+        """Raise ``Cancelled`` or ``BudgetSpent`` (decoding/guard.py) if the request must end now."""
+        if self.guard is not None:
+            self.guard.check()
 
     def context(self, i: int) -> list[int]:
         return self.views[i].ids(self.committed)
