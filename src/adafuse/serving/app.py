@@ -5,7 +5,8 @@ Requests are validated here and answered in OpenAI's error shape (``{"error": {"
 wrong method, 413 body too large, 415 not JSON, 422 a field of the wrong type or out of range, 429 the queue is
 full, 502 a member failed (``--on-member-failure fail``). Generation runs in a worker thread, one request per slot;
 a request past the slots waits in a bounded queue. The ensemble's ``on_round`` callback streams each committed span
-(``stream: true``) and stops a generation whose client went away: it raises at the next round, freeing the slot.
+(``stream: true``); a generation whose client went away stops at its next model call (decoding/guard.py), freeing
+the slot, and the server's budget (seconds, tokens evaluated) bounds what any one request may cost.
 
 Every response carries ``usage`` (tokens counted by the first member's tokenizer) and ``adafuse`` (the ensemble's
 telemetry: rounds, fast-path share, per-member forward passes, dropped members).
@@ -34,6 +35,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adafuse.config import DecodeConfig, read_config
+from adafuse.decoding.guard import Budget, Cancelled
 from adafuse.ensemble import Ensemble
 from adafuse.errors import AdafuseError, ConfigError, MemberError, PromptError
 from adafuse.result import Result, Round
@@ -262,10 +264,6 @@ def _telemetry(result: Result, trace: bool) -> dict[str, Any]:
     return out
 
 
-class _Cancelled(Exception):
-    """Raised from ``on_round`` when the client has gone: ends the generation at a round boundary."""
-
-
 class _Gate:
     """``slots`` generations at once, ``queue`` more waiting in arrival order; the rest are turned away (429).
 
@@ -327,11 +325,13 @@ class Server:
         max_concurrency: int,
         max_queue: int,
         max_body_bytes: int,
+        budget: Budget | None = None,
     ) -> None:
         if max_concurrency < 1 or max_queue < 0 or max_body_bytes < 1:
             raise ConfigError("max_concurrency must be >= 1, max_queue >= 0 and max_body_bytes >= 1")
         self.ensemble = ensemble
         self.defaults = defaults
+        self.budget = budget or Budget()
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.gate = _Gate(max_concurrency, max_queue)
@@ -410,8 +410,6 @@ class Server:
         sent = [0]
 
         def on_round(rnd: Round, text: str) -> None:
-            if cancel.is_set():
-                raise _Cancelled
             if not job.stream:
                 return
             # Text that may yet turn out to begin a stop string stays back until the next round settles it.
@@ -422,7 +420,9 @@ class Server:
                 loop.call_soon_threadsafe(emit, "delta", piece)
 
         def work() -> Result:
-            return self.ensemble.generate(job.prompt, job.config, chat=job.chat, on_round=on_round)
+            return self.ensemble.generate(
+                job.prompt, job.config, chat=job.chat, on_round=on_round, cancel=cancel, budget=self.budget
+            )
 
         self.cancels.add(cancel)
         fut = asyncio.wrap_future(self.pool.submit(work))
@@ -460,14 +460,16 @@ def create_app(
     max_concurrency: int = 1,
     max_queue: int = 32,
     max_body_bytes: int = 1 << 20,
+    budget: Budget | None = None,
 ) -> FastAPI:
-    """An app serving ``ensemble`` as the model ``adafuse``; see the module docstring for the contract."""
-    server = Server(ensemble, defaults or DecodeConfig(), api_key, max_concurrency, max_queue, max_body_bytes)
+    """An app serving ``ensemble`` as the model ``adafuse``; see the module docstring for the contract.
+    ``budget``: every request's limit (seconds, tokens evaluated); an answer that reaches it ends there."""
+    server = Server(ensemble, defaults or DecodeConfig(), api_key, max_concurrency, max_queue, max_body_bytes, budget)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        # Shutting down: running generations stop at their next round instead of holding the process.
+        # Shutting down: running generations stop at their next model call instead of holding the process.
         for cancel in list(server.cancels):
             cancel.set()
         server.pool.shutdown(wait=False, cancel_futures=True)
@@ -583,7 +585,7 @@ async def _serve(server: Server, request: Request, chat: bool) -> Response:
 async def _result(fut: asyncio.Future[Result]) -> Result:
     try:
         return await asyncio.shield(fut)
-    except _Cancelled:
+    except Cancelled:
         raise ApiError(499, "the client closed the request") from None
     except BaseException as exc:
         raise _map_error(exc) from None
