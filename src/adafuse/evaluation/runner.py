@@ -516,9 +516,16 @@ def run_eval(
     shown = reported_models(cfg, names)
     identity = run_identity(task, cfg, shown, chat)
     items = task.items(offset, limit)
+    if not items:
+        chosen = f"offset {offset}" + ("" if limit is None else f" and limit {limit}")
+        raise DataError(f"{task.data_path}: nothing to evaluate: {chosen} select no row of its {task.n_rows()}")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / LOCK).touch()
+    except OSError as exc:
+        raise DataError(f"cannot write the run to {out}: {exc.strerror or exc}") from None
     pred_path = out / PREDICTIONS
     with _exclusive(out):
         records, good_end = _scan(pred_path)

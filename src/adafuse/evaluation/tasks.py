@@ -108,6 +108,10 @@ class Task:
                 break
         return out
 
+    def n_rows(self) -> int:
+        """How many rows the data file holds (blank lines aside)."""
+        return sum(1 for _ in self._rows())
+
     def _rows(self) -> Iterator[tuple[int, int, str]]:
         """(row index, 1-based line number, text) for each non-blank line, decoded strictly as UTF-8."""
         try:
