@@ -47,19 +47,52 @@ MAX_TOKENS_CAP = 8192
 MAX_STOP = 16
 #: options the OpenAI request sets in its own fields (``max_tokens``, ``stop``), not under ``adafuse``.
 OPENAI_FIELDS = ("max_new_tokens", "stop")
-#: OpenAI fields a greedy ensemble accepts and ignores: sampling knobs have nothing to act on.
-IGNORED = {"temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "user", "logit_bias", "top_k"}
+#: OpenAI's sampling fields, accepted within OpenAI's ranges and named in the response's
+#: ``adafuse.not_honoured``: the ensemble decodes greedily, so none of them changes the answer.
+SAMPLING: dict[str, tuple[float, float] | None] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "seed": None,  # any integer
+}
+#: fields refused (422) unless they ask for what the ensemble does anyway, with why.
+REFUSED = {
+    "logit_bias": "token ids differ between the members' tokenizers",
+    "logprobs": "the answer's tokens differ between the members' tokenizers",
+    "top_logprobs": "the answer's tokens differ between the members' tokenizers",
+    "response_format": "the ensemble cannot constrain its output to a format",
+    "tools": "the ensemble does not call tools",
+    "tool_choice": "the ensemble does not call tools",
+    "functions": "the ensemble does not call functions",
+    "function_call": "the ensemble does not call functions",
+    "echo": "the ensemble does not echo the prompt",
+    "suffix": "the ensemble does not insert text",
+}
+#: a value of those that asks for what the ensemble does anyway (besides empty ones: false, 0, [], {}).
+HONOURED_AS: dict[str, tuple[Any, ...]] = {"response_format": ({"type": "text"},)}
+#: every field a request may carry besides the sampling and refused ones.
+FIELDS = {"model", "prompt", "messages", "max_tokens", "max_completion_tokens", "stop", "stream", "stream_options"}
+FIELDS |= {"n", "best_of", "user", "adafuse"}
 
 
 class ApiError(Exception):
     """A request problem with its HTTP status, in OpenAI's error shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = " ".join(message.split())
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 _TYPES = {
@@ -93,6 +126,8 @@ class Job:
     config: DecodeConfig
     stream: bool
     trace: bool
+    #: sampling fields the request set, which greedy decoding does not honour (reported with the answer).
+    not_honoured: tuple[str, ...] = ()
 
 
 def _is_int(v: Any) -> bool:
@@ -186,21 +221,21 @@ def parse_job(body: dict[str, Any], chat: bool, defaults: DecodeConfig, n_member
         raise ApiError(
             404, f"The model '{model}' does not exist; this server serves '{MODEL_ID}'", "model", "model_not_found"
         )
-    for key in IGNORED:
+    unknown = sorted(set(body) - FIELDS - set(SAMPLING) - set(REFUSED))
+    if unknown:
+        known = ", ".join(sorted(FIELDS | set(SAMPLING) | set(REFUSED)))
+        raise _bad(unknown[0], f"unknown field(s) {unknown}; this server reads: {known}")
+    not_honoured = tuple(key for key in SAMPLING if _sampling(key, body.get(key)))
+    for key, why in REFUSED.items():
         value = body.get(key)
-        if value is not None and key not in ("user", "logit_bias") and not _is_num(value):
-            raise _bad(key, f"must be a number, got {value!r}")
-    n = body.get("n", 1)
-    if n is not None and n != 1:
-        raise _bad("n", f"only n=1 is supported, got {n!r}")
-    if not chat:
-        for key in ("echo", "logprobs", "suffix"):
-            if body.get(key) not in (None, False):
-                raise _bad(key, "is not supported by the ensemble")
-        if body.get("best_of") not in (None, 1):
-            raise _bad("best_of", "only best_of=1 is supported")
-    elif body.get("logprobs") not in (None, False) or body.get("tools") or body.get("functions"):
-        raise _bad("logprobs" if body.get("logprobs") else "tools", "is not supported by the ensemble")
+        if value and value not in HONOURED_AS.get(key, ()):
+            raise _bad(key, f"is not supported: {why}")
+    for key in ("n", "best_of"):
+        if body.get(key) not in (None, 1):
+            raise _bad(key, f"only {key}=1 is supported, got {body.get(key)!r}")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad("user", f"must be a string, got {user!r}")
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -233,14 +268,29 @@ def parse_job(body: dict[str, Any], chat: bool, defaults: DecodeConfig, n_member
         config.member_weights(n_members)
     except ConfigError as exc:
         raise ApiError(422, str(exc), param="adafuse", code="invalid_value") from None
-    return Job(chat, prompt, config, stream, trace)
+    return Job(chat, prompt, config, stream, trace, not_honoured)
+
+
+def _sampling(key: str, value: Any) -> bool:
+    """Whether sampling field ``key`` is set (422 outside OpenAI's range)."""
+    if value is None:
+        return False
+    bounds = SAMPLING[key]
+    if bounds is None:
+        if not _is_int(value):
+            raise _bad(key, f"must be an integer, got {value!r}")
+        return True
+    if not _is_num(value) or not bounds[0] <= value <= bounds[1]:
+        raise _bad(key, f"must be a number from {bounds[0]:g} to {bounds[1]:g}, got {value!r}")
+    return True
 
 
 # -- responses ----------------------------------------------------------------------------------------------------
 
 
 def _finish(result: Result) -> str:
-    return "length" if result.finish_reason == "length" else "stop"
+    # OpenAI knows "stop" (an end token or a stop string) and "length" (a budget: tokens, or the server's).
+    return "stop" if result.finish_reason in ("stop", "eos") else "length"
 
 
 def _usage(result: Result) -> dict[str, int]:
@@ -250,7 +300,7 @@ def _usage(result: Result) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
 
 
-def _telemetry(result: Result, trace: bool) -> dict[str, Any]:
+def _telemetry(result: Result, job: Job) -> dict[str, Any]:
     tel = asdict(result.telemetry)
     tel["tokens_evaluated"] = result.telemetry.tokens_evaluated
     out: dict[str, Any] = {
@@ -259,7 +309,9 @@ def _telemetry(result: Result, trace: bool) -> dict[str, Any]:
         "models": result.models,
         "telemetry": tel,
     }
-    if trace:
+    if job.not_honoured:
+        out["not_honoured"] = {key: "greedy decoding: sampling options change nothing" for key in job.not_honoured}
+    if job.trace:
         out["rounds"] = [asdict(r) for r in result.rounds]
     return out
 
@@ -479,7 +531,7 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
         return error_response(exc, headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -547,6 +599,7 @@ async def _serve(server: Server, request: Request, chat: bool) -> Response:
             429,
             f"the server is busy ({server.gate.running} running, {server.gate.waiting} queued); retry later",
             code="queue_full",
+            headers={"Retry-After": "1"},
         )
     if not await server.gate.acquire(request):
         return Response(status_code=499)  # the client is gone; nobody reads this
@@ -650,7 +703,7 @@ async def _sse(
             yield _sse_line(_chunk(job, rid, created, chat, rest, None))
         last = _chunk(job, rid, created, chat, None if chat else "", _finish(result))
         last["usage"] = _usage(result)
-        last["adafuse"] = _telemetry(result, job.trace)
+        last["adafuse"] = _telemetry(result, job)
         yield _sse_line(last)
         yield _sse_line("[DONE]")
     finally:
@@ -678,5 +731,5 @@ def _full_response(job: Job, result: Result, rid: str, created: int, chat: bool)
         "model": MODEL_ID,
         "choices": [choice],
         "usage": _usage(result),
-        "adafuse": _telemetry(result, job.trace),
+        "adafuse": _telemetry(result, job),
     }
