@@ -15,9 +15,8 @@ import pytest
 from fakes import EOS, ScriptedMember
 from typer.testing import CliRunner
 
-from adafuse.cli import app
+from adafuse import __version__
 from adafuse.config import DecodeConfig
-from adafuse.decoding.evidence import EVIDENCE_READ, EVIDENCE_READ_FORMERLY
 from adafuse.ensemble import Ensemble
 from adafuse.errors import ConfigError, DataError, MemberError
 from adafuse.evaluation import metrics
@@ -310,124 +309,59 @@ def test_refuses_to_mix_a_different_run_into_the_directory(tmp_path, task, zoo, 
     run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=2, progress=False)
     before = (out / PREDICTIONS).read_bytes()
     kwargs = {"config": DecodeConfig(), "models": None, "chat": False, **change}
-    with pytest.raises(ConfigError, match=f"already holds a different run.*{message}"):
+    with pytest.raises(ConfigError, match=f"already holds a different run.*{message}") as exc:
         run_eval(task, zoo.ensemble(), out_dir=out, progress=False, **kwargs)
+    assert "\n" not in str(exc.value)
     assert (out / PREDICTIONS).read_bytes() == before
 
 
-def test_a_run_recorded_before_an_option_existed_resumes_at_its_default(tmp_path, task, zoo):
+def test_a_run_resumes_when_the_version_and_the_options_are_equal(tmp_path, task, zoo):
+    out = tmp_path / "run"
+    cfg = DecodeConfig(theta=1, weights=(1, 2), granularity="adaptive")
+    run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)
+    identity = json.loads((out / MANIFEST).read_text())["identity"]
+    assert identity["adafuse"] == __version__
+    recorded = {k: identity["config"][k] for k in ("theta", "weights", "granularity", "min_weight")}
+    assert recorded == {"theta": 1.0, "weights": [1.0, 2.0], "granularity": "adaptive", "min_weight": 0.05}
+    # The same options written another way (1.0 for 1, a list for a tuple) are the same run: it resumes.
+    again = DecodeConfig(theta=1.0, weights=[1.0, 2.0], granularity="adaptive")
+    assert run_eval(task, zoo.ensemble(), again, out, limit=3, progress=False)["n"] == 3
+    assert zoo.seen == QUESTIONS[:3]  # nothing asked twice
+    assert [rec["index"] for rec in lines(out / PREDICTIONS)] == [0, 1, 2]
+
+
+def refused(out: Path, run: Callable[[], object]) -> str:
+    """The one-line error of a run the directory refuses, which leaves its predictions untouched."""
+    before = (out / PREDICTIONS).read_bytes()
+    with pytest.raises(ConfigError, match="already holds a different run") as exc:
+        run()
+    assert "\n" not in str(exc.value) and (out / PREDICTIONS).read_bytes() == before
+    return str(exc.value)
+
+
+def test_a_run_of_another_version_or_with_other_options_is_refused_naming_the_difference(tmp_path, task, zoo):
     out = tmp_path / "run"
     run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=2, progress=False)
-    manifest = json.loads((out / "run.json").read_text())
-    config = manifest["identity"]["config"]
-    del config["granularity"]  # an older version wrote no such field ...
-    config["retired_option"] = False  # ... and one it wrote has since gone, recorded switched off
-    (out / "run.json").write_text(json.dumps(manifest))
-    again = run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=3, progress=False)
-    assert again["n"] == 3
-    with pytest.raises(ConfigError, match="config.granularity: 'word' now 'adaptive'"):
-        run_eval(task, zoo.ensemble(), DecodeConfig(granularity="adaptive"), out, progress=False)
-    config["retired_option"] = True  # switched on, it may have changed the answers: not mixed
-    (out / "run.json").write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="retired_option"):
-        run_eval(task, zoo.ensemble(), DecodeConfig(), out, progress=False)
+    manifest = json.loads((out / MANIFEST).read_text())
 
+    def recorded(edit: Callable[[dict], None]) -> str:
+        changed = json.loads(json.dumps(manifest))
+        edit(changed["identity"])
+        (out / MANIFEST).write_text(json.dumps(changed))
+        return refused(out, lambda: run_eval(task, zoo.ensemble(), DecodeConfig(), out, progress=False))
 
-def test_automatic_weights_recorded_before_auto_evidence_existed_measured_the_whole_prompt(tmp_path, task, zoo):
-    for weights in ("auto", None):
-        out = tmp_path / f"run-{weights}"
-        run_eval(task, zoo.ensemble(), DecodeConfig(weights=weights), out, limit=1, progress=False)
-        manifest = json.loads((out / "run.json").read_text())
-        del manifest["identity"]["config"]["auto_evidence"]
-        (out / "run.json").write_text(json.dumps(manifest))
-        if weights == "auto":
-            with pytest.raises(ConfigError, match="config.auto_evidence: 'prompt' now 'instructions'"):
-                run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, progress=False)
-            cfg = DecodeConfig(weights="auto", auto_evidence="prompt")
-        else:
-            cfg = DecodeConfig(weights="equal")  # without automatic weights the option changes nothing: it resumes
-        assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
-
-
-def test_runs_recorded_before_the_default_changed_resume_under_their_new_spellings(tmp_path, task, zoo):
-    def recorded_before(cfg: DecodeConfig, out: Path) -> None:
-        run_eval(task, zoo.ensemble(), cfg, out, limit=1, progress=False)
-        manifest = json.loads((out / "run.json").read_text())
-        manifest["identity"]["config"].pop("min_weight")  # the option did not exist yet
-        (out / "run.json").write_text(json.dumps(manifest))
-
-    # The paper's setting (equal weights, then the default): resumes as weights=equal; the default is another run.
-    recorded_before(DecodeConfig(weights="equal", auto_sharpness=20), tmp_path / "paper")
-    assert run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal"), tmp_path / "paper", limit=2, progress=False)
-    with pytest.raises(ConfigError, match="config.weights: None now 'auto'"):
-        run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "paper", progress=False)
-    # Sharp automatic weights falling back to the whole prompt: the default reads worked answers only.
-    recorded_before(DecodeConfig(weights="auto", auto_evidence="answers"), tmp_path / "sharp")
-    with pytest.raises(ConfigError, match="config.auto_evidence: 'answers' now 'instructions'"):
-        run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "sharp", progress=False)
-    with pytest.raises(ConfigError, match="config.min_weight: 0.0 now 0.05"):  # nobody was benched then
-        run_eval(task, zoo.ensemble(), DecodeConfig(auto_evidence="answers"), tmp_path / "sharp", progress=False)
-    cfg = DecodeConfig(auto_evidence="answers", min_weight=0.0)
-    assert run_eval(task, zoo.ensemble(), cfg, tmp_path / "sharp", limit=2, progress=False)["n"] == 2
-    # Automatic weights at the old default sharpness.
-    recorded_before(DecodeConfig(weights="auto", auto_sharpness=20.0), tmp_path / "soft")
-    with pytest.raises(ConfigError, match="config.auto_sharpness: 20.0 now 100.0"):
-        run_eval(task, zoo.ensemble(), DecodeConfig(), tmp_path / "soft", progress=False)
-
-
-def test_runs_recorded_before_token_healing_resume_with_it_off_except_single_models(tmp_path, task, zoo):
-    for method in ("adafuse", "single"):
-        out = tmp_path / method
-        run_eval(task, zoo.ensemble(), DecodeConfig(method=method), out, limit=1, progress=False)
-        manifest = json.loads((out / "run.json").read_text())
-        manifest["identity"]["config"].pop("token_healing")  # the option did not exist yet
-        (out / "run.json").write_text(json.dumps(manifest))
-        if method == "adafuse":
-            # Its scores divided by the lone token: another run than today's default.
-            with pytest.raises(ConfigError, match="config.token_healing: False now True"):
-                run_eval(task, zoo.ensemble(), DecodeConfig(), out, progress=False)
-            cfg = DecodeConfig(token_healing=False)
-        else:
-            cfg = DecodeConfig(method="single")  # a single model scores nothing: the option changes nothing
-        assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
-
-
-def test_runs_recorded_before_solo_branching_resume_with_it_on(tmp_path, task, zoo):
-    out = tmp_path / "run"
-    run_eval(task, zoo.ensemble(), DecodeConfig(min_weight=0.0), out, limit=1, progress=False)
-    manifest = json.loads((out / "run.json").read_text())
-    manifest["identity"]["config"].pop("solo_branching")  # the option did not exist yet: a lone member branched
-    (out / "run.json").write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="config.solo_branching: True now False"):
-        run_eval(task, zoo.ensemble(), DecodeConfig(min_weight=0.0), out, progress=False)
-    cfg = DecodeConfig(min_weight=0.0, solo_branching=True)
-    assert run_eval(task, zoo.ensemble(), cfg, out, limit=2, progress=False)["n"] == 2
-    # A baseline never branches, so the option changes nothing for it.
-    span = tmp_path / "span"
-    run_eval(task, zoo.ensemble(), DecodeConfig(method="span"), span, limit=1, progress=False)
-    manifest = json.loads((span / "run.json").read_text())
-    manifest["identity"]["config"].pop("solo_branching")
-    (span / "run.json").write_text(json.dumps(manifest))
-    assert run_eval(task, zoo.ensemble(), DecodeConfig(method="span"), span, limit=2, progress=False)["n"] == 2
-    # Equal weights bench no one at either floor, so the paper's setting resumes whatever the floor says.
-    paper = tmp_path / "paper"
-    run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal", min_weight=0.0), paper, limit=1, progress=False)
-    assert run_eval(task, zoo.ensemble(), DecodeConfig(weights="equal"), paper, limit=2, progress=False)["n"] == 2
-
-
-def test_automatic_weights_recorded_before_evidence_read_every_worked_answer_are_not_mixed(tmp_path, task, zoo):
-    out = tmp_path / "run"
-    run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, limit=1, progress=False)
-    manifest = json.loads((out / "run.json").read_text())
-    assert manifest["identity"]["evidence_read"] == EVIDENCE_READ
-    # The same rule in the words earlier sessions recorded it with: the run resumes.
-    manifest["identity"]["evidence_read"] = EVIDENCE_READ_FORMERLY[0]
-    (out / "run.json").write_text(json.dumps(manifest))
-    assert run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, limit=2, progress=False)["n"] == 2
-    del manifest["identity"]["evidence_read"]  # as a run of the rule that read whole 64-token blocks
-    (out / "run.json").write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match="evidence_read: None now 'every token"):
-        run_eval(task, zoo.ensemble(), DecodeConfig(weights="auto"), out, progress=False)
+    # Another version of the package, or one that recorded no version: its answers may differ.
+    assert f"(adafuse: '0.0.1' now '{__version__}')" in recorded(lambda i: i.update(adafuse="0.0.1"))
+    assert f"(adafuse: None now '{__version__}')" in recorded(lambda i: i.pop("adafuse"))
+    # An option since deleted, whatever it said, and an option added since: other runs, not migrated.
+    assert "(config.combiner: 'mean' now None)" in recorded(lambda i: i["config"].update(combiner="mean"))
+    assert "(config.granularity: None now 'word')" in recorded(lambda i: i["config"].pop("granularity"))
+    # Each difference is named, in one line.
+    message = recorded(lambda i: i.update(adafuse="0.0.1") or i["config"].update(theta=0.5, beam=1))
+    assert f"(adafuse: '0.0.1' now '{__version__}'; config.beam: 1 now 3; config.theta: 0.5 now 0.7)" in message
+    # The recorded run itself still resumes.
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    assert run_eval(task, zoo.ensemble(), DecodeConfig(), out, limit=3, progress=False)["n"] == 3
 
 
 def test_refuses_when_the_prompt_or_the_data_changed(tmp_path, task, zoo):
@@ -527,9 +461,9 @@ def test_method_labels_parse_into_config_overrides():
     assert parse_label("single@member=beta").config(base, names).single_member == 1
     assert parse_label("single").config(base, names).single_member == 0
     assert parse_label("span").config(base, names).method == "span"
-    cfg = parse_label("token@max-words=2,weights=1/2/1,normalize=char").config(base, names)
-    assert (cfg.max_words, cfg.weights, cfg.normalise) == (2, (1.0, 2.0, 1.0), "char")
-    assert parse_label("adafuse@token_healing=off").config(base, names).token_healing is False
+    cfg = parse_label("token@max-words=2,weights=1/2/1,granularity=sentence").config(base, names)
+    assert (cfg.max_words, cfg.weights, cfg.granularity) == (2, (1.0, 2.0, 1.0), "sentence")
+    assert parse_label("adafuse@weights=equal,max_rounds=none").config(base, names).resolved_weights is None
     assert parse_label("single:gemma3-270m").dirname == "single:gemma3-270m"
     assert MethodSpec("a/b c", "adafuse").dirname == "a_b_c"  # never a path separator
 
@@ -539,14 +473,16 @@ def test_method_labels_parse_into_config_overrides():
     [
         ("fancy", "unknown method 'fancy'"),
         ("adafuse@theta=2", "theta must be in"),
-        ("adafuse@theta=high", "bad value 'high' for theta"),
+        ("adafuse@theta=high", "theta must be a number, got 'high'"),
         ("adafuse@colour=red", "unknown option 'colour'"),
+        # A deleted option is as unknown as any other; the error lists the options there are.
+        ("adafuse@combiner=vote", "^method label 'adafuse@combiner=vote': unknown option 'combiner'; valid options: "),
+        ("adafuse@stop_at_boxed=true", "unknown option 'stop_at_boxed'"),  # the task says where an answer stops
         ("adafuse@theta", "is not KEY=VALUE"),
         ("adafuse@", "nothing after '@'"),
         ("adafuse:1", "only 'single' takes a member"),
         ("single:", "nothing after ':'"),
         ("adafuse@theta=0.5,theta=0.6", "theta given twice"),
-        ("adafuse@token_healing=maybe", "bad value 'maybe' for token_healing"),
     ],
 )
 def test_bad_labels_are_refused_with_the_reason(label, message):
@@ -637,6 +573,8 @@ def test_compare_refuses_labels_that_would_share_a_directory(tmp_path, task, zoo
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, task):
+    from adafuse.cli import app  # here, so the runner's own tests do not need the command line to import
+
     runner = CliRunner()
     cases = [
         ["eval", "--data", str(task.data_path)],
