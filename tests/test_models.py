@@ -48,14 +48,18 @@ def prefix_mass(member, ctx, token):
     return float(np.logaddexp.reduce(member.logprobs_of(ctx, ids)))
 
 
-@pytest.mark.parametrize("heal", [True, False], ids=["healed", "unhealed"])
+def unhealed_logprob(member, ctx, full, head, extension):
+    """log P(candidate) as scored before token healing: a merge across the boundary divided by the probability of
+    the context's re-tokenised tail *tokens* (not of their text), plus the unchanged context's own spelling."""
+    return float(np.logaddexp(stepwise(member, full, head) - stepwise(member, ctx, head), extension))
+
+
 @pytest.mark.parametrize(("context", "candidate"), BOUNDARY_CASES)
-def test_boundary_correct_scoring_matches_step_by_step_logprobs(zoo_members, context, candidate, heal):
+def test_boundary_correct_scoring_matches_step_by_step_logprobs(zoo_members, context, candidate):
     views = [MemberView(m, "") for m in zoo_members]
-    config = DecodeConfig(normalise="sum", token_healing=heal)
-    state = DecodeState(views, config, (1 / 3,) * 3, committed=context)
+    state = DecodeState(views, DecodeConfig(), (1 / 3,) * 3, committed=context)
     cand = Candidate(candidate)
-    score_candidates(state, [cand], [])
+    score_candidates(state, [cand], [], per_token=False)
     for m in zoo_members:
         ctx = m.tokenize(context)
         full = m.tokenize(context + candidate)
@@ -63,7 +67,7 @@ def test_boundary_correct_scoring_matches_step_by_step_logprobs(zoo_members, con
         piece = m.tokenize(candidate, bos=False)
         other_spelling = head < len(ctx) or piece != full[head:]
         extension = stepwise(m, ctx + piece, len(ctx))
-        if head < len(ctx) and heal:
+        if head < len(ctx):
             # Token healing: both spellings over the probability of the last token's *text* (every token that
             # starts with it, over the whole vocabulary, as the decoder sums for a local member).
             mass = prefix_mass(m, ctx[:-1], ctx[-1])
@@ -80,7 +84,7 @@ def test_boundary_correct_scoring_matches_step_by_step_logprobs(zoo_members, con
         assert cand.scores[m.name] == pytest.approx(-expected, abs=1e-4), m.name
 
 
-def test_without_healing_a_merge_at_the_prompt_boundary_gives_a_negative_nll(zoo_members):
+def test_without_healing_a_merge_at_the_prompt_boundary_would_give_a_negative_nll(zoo_members):
     # The bias token healing removes (docs/RESULTS.md, trace 8): Qwen-Coder writes ":\n" as one token, so a
     # candidate starting a new line after "Answer:" was divided by the probability of a lone ":" token.
     qwen = next(m for m in zoo_members if m.name.startswith("qwen"))
@@ -89,14 +93,14 @@ def test_without_healing_a_merge_at_the_prompt_boundary_gives_a_negative_nll(zoo
         "Question: When did Apollo 11 land on the Moon?\nAnswer:\n1969\n\n"
         "Question: In which year did Yuri Gagarin fly to space?\nAnswer:"
     )
-    assert qwen.tokenize(context + "\n1962")[: len(qwen.tokenize(context))] != qwen.tokenize(context)
-    scores = {}
-    for heal in (False, True):
-        state = DecodeState([MemberView(qwen, "")], DecodeConfig(token_healing=heal), (1.0,), committed=context)
-        cand = Candidate("\n1962")
-        score_candidates(state, [cand], [])
-        scores[heal] = cand.scores[qwen.name]
-    assert scores[False] < 0 <= scores[True]
+    ctx, full = qwen.tokenize(context), qwen.tokenize(context + "\n1962")
+    head = next(i for i, (a, b) in enumerate(zip(ctx, full, strict=False)) if a != b)
+    assert head < len(ctx)  # the merge
+    state = DecodeState([MemberView(qwen, "")], DecodeConfig(), (1.0,), committed=context)
+    cand = Candidate("\n1962")
+    score_candidates(state, [cand], [], per_token=False)
+    extension = stepwise(qwen, ctx + qwen.tokenize("\n1962", bos=False), len(ctx))
+    assert -unhealed_logprob(qwen, ctx, full, head, extension) < 0 <= cand.scores[qwen.name]
 
 
 def test_isolated_tokenisation_would_differ_so_the_boundary_matters(zoo_members):
@@ -225,19 +229,6 @@ def test_chat_prompts_use_each_members_own_template_or_the_plain_layout(zoo_memb
     assert res.text.strip() and res.telemetry.rounds >= 1
 
 
-def test_vote_combiner_on_the_real_models(zoo_members, trivia_prompt):
-    cfg = DecodeConfig(combiner="vote", stop=("\n",), max_new_tokens=16)
-    first = Ensemble(zoo_members).generate(trivia_prompt, cfg)
-    again = Ensemble(zoo_members).generate(trivia_prompt, cfg)
-    assert first.text == again.text and first.text.strip()
-    for rnd in first.rounds:
-        if rnd.fast_path:
-            continue
-        # The votes are shares of one: the combined scores are -log of numbers that sum to one over a round.
-        assert sum(np.exp(-c.combined) for c in rnd.candidates) == pytest.approx(1.0)
-        assert rnd.chosen == int(np.argmin([c.combined for c in rnd.candidates]))
-
-
 def test_auto_weights_depend_on_the_worked_answers_only_and_are_read_once(zoo_members, shared_data):
     # Two questions of very different lengths after the same worked answers: the same weights (an earlier rule
     # read whole 64-token blocks only, so the question's length decided which answers counted), and the second
@@ -288,15 +279,13 @@ def test_members_benched_by_sharp_evidence_cost_nothing_after_the_read(zoo_membe
 def test_instructions_evidence_on_a_zero_shot_translation_prompt(zoo_members, shared_data):
     # The Flores prompts have no worked answers: by default their English instructions are read, the member that
     # models them best is trusted and members under the floor are benched; left alone, the trusted member writes
-    # its single-model answer. With worked answers only there is no evidence: equal weights.
+    # its single-model answer.
     names = [m.name for m in zoo_members]
     ens = Ensemble(zoo_members)
     cfg = DecodeConfig(max_new_tokens=6, stop=("\n",))
     for direction in ("flores-en-de", "flores-de-en"):
         task = load_task(direction, shared_data)
         prompt = task.build_prompt(task.items(0, 1)[0].question)
-        only = replace(cfg, max_rounds=1, auto_evidence="answers_only")
-        assert ens.generate(prompt, only).telemetry.evidence is None
         res = ens.generate(prompt, cfg)
         tel = res.telemetry
         assert tel.evidence == "instructions" and set(tel.prompt_nll) == set(names)
@@ -308,18 +297,10 @@ def test_instructions_evidence_on_a_zero_shot_translation_prompt(zoo_members, sh
             assert res.text == ens.generate(prompt, single).text
 
 
-def test_new_options_run_on_the_real_models_deterministically(zoo_members, trivia_prompt):
-    # Automatic weights from prompt evidence, the adaptive unit and the confidence combiner on llama.cpp members
-    # (nobody benched, so every member takes part in the rounds these options shape).
-    cfg = DecodeConfig(
-        weights="auto",
-        granularity="adaptive",
-        combiner="confidence",
-        normalise="word",
-        stop=("\n",),
-        max_new_tokens=24,
-        min_weight=0.0,
-    )
+def test_auto_weights_and_the_adaptive_unit_run_on_the_real_models_deterministically(zoo_members, trivia_prompt):
+    # Automatic weights from the worked answers and the adaptive unit on llama.cpp members (nobody benched, so
+    # every member takes part in the rounds these options shape).
+    cfg = DecodeConfig(weights="auto", granularity="adaptive", stop=("\n",), max_new_tokens=24, min_weight=0.0)
     first = Ensemble(zoo_members).generate(trivia_prompt, cfg)
     Ensemble(zoo_members).generate(trivia_prompt + " Paris", DecodeConfig(max_new_tokens=4))  # something else
     again = Ensemble(zoo_members).generate(trivia_prompt, cfg)
