@@ -1,7 +1,7 @@
 """Where the resident memory goes: the interpreter and libraries, each member as it loads, one generation.
 
 Usage: ADAFUSE_DATA=../shared/data python benchmarks/memory.py [--n-ctx 4096] [--no-repack] [--task triviaqa]
-       [--weights auto|equal] [--no-healing]
+       [--weights auto|equal]
 Prints resident memory (MiB) after each step and the sum of the model files, so the overhead over the weights can
 be split into what Python brings, what each llama.cpp context adds (KV cache: cells x layers x 2 x kv width x 2 B,
 where the cells start at 512 and double up to n_ctx as requests need them; compute buffers; repacked weights) and
@@ -34,7 +34,6 @@ def main() -> None:
         choices=("auto", "equal"),
         help="auto: the library's default (one evidence read of the prompt per member); equal: the paper's setting",
     )
-    ap.add_argument("--no-healing", action="store_true", help="token healing off (no vocabulary index is built)")
     args = ap.parse_args()
     print(f"interpreter: {rss_mib()} MiB")
     import llama_cpp  # noqa: F401
@@ -55,7 +54,6 @@ def main() -> None:
     prompt = task.build_prompt(task.items(limit=1)[0].question)
     cfg = DecodeConfig(
         weights=args.weights,
-        token_healing=not args.no_healing,
         stop=task.stop,
         max_new_tokens=task.max_new_tokens,
         stop_at_boxed=task.stop_at_boxed,

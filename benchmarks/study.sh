@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The dev-set study behind docs/RESULTS.md: every method on the six tasks with the three built-in models.
 # Usage: bash benchmarks/study.sh OUT_DIR [PART]    PART: qa | long | extended | sweep | options | all (default all)
-# options: the beyond-the-paper options (granularity, combiner, automatic weights) on every task, beside the rest
+# options: the beyond-the-paper options (granularity, automatic weights, benching) on every task, beside the rest
 # (WITH_OPTIONS=1 adds them to the qa or long part alone, to run the two parts side by side).
 # Resumable: rerun the same command after an interruption and finished items are kept.
 # Calibration (member weights) uses dev rows that the evaluation does not: rows [0, N_CAL) of each task, while
@@ -10,9 +10,9 @@ set -euo pipefail
 out="${1:?usage: study.sh OUT_DIR [PART]}"
 part="${2:-all}"
 base=(--threads "${THREADS:-1}" --n-ctx 4096)
-# adafuse: the default (evidence weights from worked answers, candidates judged by their first word's probability
-# under them, token healing); adafuse@weights=equal: the paper's setting (with token healing). Runs recorded before
-# token healing are recognised under these labels plus token_healing=off (docs/RESULTS.md, "Labels").
+# adafuse: the default (evidence weights from the worked answers, else the prompt's instructions; members under
+# min_weight benched; token healing); adafuse@weights=equal: the paper's setting (with token healing). A run resumes
+# only under the adafuse version and options it was recorded with: after an upgrade, use a new OUT_DIR.
 methods="single:0,single:1,single:2,adafuse,adafuse@weights=equal,token,span,sample"
 # Long outputs (translation, maths) cost minutes per item for the one-token-per-round baseline on 2 cores.
 long_methods="${LONG_METHODS:-single:0,single:1,single:2,adafuse,adafuse@weights=equal,span,sample}"
@@ -23,13 +23,10 @@ qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-30} ${N_C
 long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}"
   "gsm8k 50 ${N_GSM8K:-4} ${N_CAL_LONG:-5}")
 
-# Beyond the paper (docs/RESULTS.md, "Beyond the paper"): options on the paper's equal weights, then automatic
-# weights falling back to the whole prompt without worked answers (auto_evidence=answers), at the old default
-# sharpness 20, at 100, with per-character scores, and with the light members benched (min_weight).
+# Beyond the paper (docs/RESULTS.md, "Beyond the paper"): the adaptive unit on the paper's equal weights, then the
+# default's automatic weights at the old default sharpness 20, and with a lower floor for benching (min_weight).
 eq="adafuse@weights=equal"
-options="$eq,granularity=adaptive,$eq,combiner=confidence,$eq,combiner=vote,$eq,normalise=word,$eq,normalise=char"
-auto="adafuse@auto_evidence=answers"
-options="$options,$auto,auto_sharpness=20,$auto,$auto,normalise=char,$auto,min_weight=0.01"
+options="$eq,granularity=adaptive,adafuse@auto_sharpness=20,adafuse@min_weight=0.01"
 if [[ "$part" == options || -n "${WITH_OPTIONS:-}" ]]; then
   methods="$methods,$options"
   long_methods="$long_methods,$options"
@@ -58,7 +55,6 @@ fi
 if [[ "$part" == extended || "$part" == all ]]; then
   # Flores and GSM8K again at larger sizes (the runs above are reused, only the new rows are decoded).
   ext="single:0,single:1,single:2,adafuse,adafuse@weights=equal,span,sample"
-  ext="$ext,adafuse@auto_evidence=answers,adafuse@auto_evidence=answers,normalise=char"
   for spec in "flores-en-de 100 ${N_FLORES_EXT:-20}" "flores-de-en 100 ${N_FLORES_EXT:-20}" "gsm8k 50 ${N_GSM8K_EXT:-10}"; do
     set -- $spec
     adafuse compare "${base[@]}" --task "$1" --methods "$ext" --offset "$2" --limit "$3" --out "$out/$1"
