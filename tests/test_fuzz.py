@@ -29,7 +29,6 @@ def fuzz(examples: int = 100) -> settings:
     )
 
 
-ANSWER = {"": {" George": 0.6, " V": 0.3}, " George": {" V": 0.9}, " George V": {EOS: 0.9}}
 PIECES = [" George", " V", ".", " la"]
 
 json_scalar = st.one_of(
