@@ -57,6 +57,6 @@ def zoo_members():
 
 
 @pytest.fixture(scope="session")
-def trivia_prompt(shared_data: Path) -> str:
-    prompt = (shared_data / "triviaqa" / "prompt.txt").read_text().strip()
-    return prompt + "\n\nQuestion: Which British king married Mary of Teck?\nAnswer:"
+def trivia_prompt(fixture_data: Path) -> str:
+    prompt = (fixture_data / "triviaqa" / "prompt.txt").read_text().strip()
+    return prompt + "\n\nQuestion: What is the capital city of France?\nAnswer:"
