@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,6 @@ from adafuse.evaluation.metrics import (
     score_items,
     token_f1,
 )
-
-
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    """The benchmark data: $ADAFUSE_DATA, else ``shared/data`` beside the repository (the CI layout)."""
-    env = os.environ.get("ADAFUSE_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not path.is_dir():
-        pytest.fail(f"benchmark data not found at {path}; set ADAFUSE_DATA to the data folder")
-    return path
-
 
 # ------------------------------------------------------------------------------------------ normalisation
 
@@ -215,8 +203,8 @@ def test_bleu_empty_and_mismatched() -> None:
         corpus_bleu(["a"], ["a", "b"])
 
 
-def test_bleu_on_flores_references(data_dir: Path) -> None:
-    rows = [json.loads(line) for line in (data_dir / "flores" / "en-de.dev.jsonl").open(encoding="utf-8")]
+def test_bleu_on_flores_references(benchmark_dir: Path) -> None:
+    rows = [json.loads(line) for line in (benchmark_dir / "flores" / "en-de.dev.jsonl").open(encoding="utf-8")]
     german = [r["answer"] for r in rows]
     english = [r["question"] for r in rows]
     assert corpus_bleu(german, german) == pytest.approx(100.0)

@@ -130,8 +130,7 @@ def run_ensemble(members, prompt):
 
 def test_ensemble_answers_a_triviaqa_prompt_with_a_complete_trace(zoo_members, trivia_prompt):
     res = run_ensemble(zoo_members, trivia_prompt)
-    assert res.text.strip(), res
-    assert "George" in res.text
+    assert res.text.strip().rstrip(".") == "Paris", res.text  # in the worked answers' format: " Paris."
     assert res.finish_reason in ("stop", "eos")
     names = [m.name for m in zoo_members]
     assert res.models == names
@@ -178,8 +177,8 @@ def test_prefix_cache_turns_a_grown_context_into_new_tokens_only(zoo_members):
     assert m.stats.tokens_evaluated - before.tokens_evaluated <= len(grown) - len(ctx) + 1
 
 
-def test_an_answer_does_not_depend_on_what_ran_before(zoo_members, shared_data):
-    prompt = (shared_data / "triviaqa" / "prompt.txt").read_text().strip()
+def test_an_answer_does_not_depend_on_what_ran_before(zoo_members, fixture_data):
+    prompt = (fixture_data / "triviaqa" / "prompt.txt").read_text().strip()
     first = prompt + "\n\nQuestion: Who founded the modern Olympic Games?\nAnswer:"
     other = prompt + "\n\nQuestion: What is the capital of Australia?\nAnswer:"
     ens = Ensemble(zoo_members)
@@ -229,11 +228,11 @@ def test_chat_prompts_use_each_members_own_template_or_the_plain_layout(zoo_memb
     assert res.text.strip() and res.telemetry.rounds >= 1
 
 
-def test_auto_weights_depend_on_the_worked_answers_only_and_are_read_once(zoo_members, shared_data):
-    # Two questions of very different lengths after the same worked answers: the same weights (an earlier rule
-    # read whole 64-token blocks only, so the question's length decided which answers counted), and the second
+def test_auto_weights_depend_on_the_worked_answers_only_and_are_read_once(zoo_members, fixture_data):
+    # Two questions of very different lengths after the same worked answers: the same weights (whole 64-token
+    # blocks only would let the question's length decide which answers count), and the second
     # request costs exactly what it costs with those weights given: its evidence read is remembered.
-    fewshot = (shared_data / "triviaqa" / "prompt.txt").read_text().strip()
+    fewshot = (fixture_data / "triviaqa" / "prompt.txt").read_text().strip()
     short = fewshot + "\n\nQuestion: Who wrote Hamlet?\nAnswer:"
     long = fewshot + "\n\nQuestion: " + "Which river, " * 30 + "flows through Paris?\nAnswer:"
     ens = Ensemble(zoo_members)
@@ -248,10 +247,10 @@ def test_auto_weights_depend_on_the_worked_answers_only_and_are_read_once(zoo_me
     assert [m.tokens_evaluated for m in d.telemetry.members] == [m.tokens_evaluated for m in b.telemetry.members]
 
 
-def test_members_benched_by_sharp_evidence_cost_nothing_after_the_read(zoo_members, shared_data):
+def test_members_benched_by_sharp_evidence_cost_nothing_after_the_read(zoo_members, fixture_data):
     # Sharp evidence weights put ~1e-4 on two of the three members; with a floor they sit the request out: no
     # proposals, no scores, and once a task's few-shot part has been read, not one token evaluated.
-    fewshot = (shared_data / "triviaqa" / "prompt.txt").read_text().strip()
+    fewshot = (fixture_data / "triviaqa" / "prompt.txt").read_text().strip()
     ens = Ensemble(zoo_members)
     cfg = DecodeConfig(weights="auto", auto_sharpness=100, min_weight=0.01, max_new_tokens=8, stop=("\n",))
     first = ens.generate(fewshot + "\n\nQuestion: Who wrote Hamlet?\nAnswer:", cfg)
@@ -276,7 +275,7 @@ def test_members_benched_by_sharp_evidence_cost_nothing_after_the_read(zoo_membe
         assert ens.generate(prompt, default).text == ens.generate(prompt, alone).text
 
 
-def test_instructions_evidence_on_a_zero_shot_translation_prompt(zoo_members, shared_data):
+def test_instructions_evidence_on_a_zero_shot_translation_prompt(zoo_members, benchmark_dir):
     # The Flores prompts have no worked answers: by default their English instructions are read, the member that
     # models them best is trusted and members under the floor are benched; left alone, the trusted member writes
     # its single-model answer.
@@ -284,7 +283,7 @@ def test_instructions_evidence_on_a_zero_shot_translation_prompt(zoo_members, sh
     ens = Ensemble(zoo_members)
     cfg = DecodeConfig(max_new_tokens=6, stop=("\n",))
     for direction in ("flores-en-de", "flores-de-en"):
-        task = load_task(direction, shared_data)
+        task = load_task(direction, benchmark_dir)
         prompt = task.build_prompt(task.items(0, 1)[0].question)
         res = ens.generate(prompt, cfg)
         tel = res.telemetry

@@ -595,8 +595,8 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, task):
 
 
 @pytest.mark.models
-def test_real_models_compare_adafuse_and_single_on_triviaqa(tmp_path, zoo_members, shared_data):
-    task = load_task("triviaqa", shared_data)
+def test_real_models_compare_adafuse_and_single_on_triviaqa(tmp_path, zoo_members, fixture_data):
+    task = load_task("triviaqa", fixture_data)
     ens = Ensemble(zoo_members)
     results = run_compare(task, ["adafuse", "single:0"], ens, tmp_path, limit=2, progress=False, resamples=200)
     for r, label in zip(results, ["adafuse", "single:0"], strict=True):
