@@ -72,7 +72,8 @@ class Telemetry:
     benched: list[str] = field(default_factory=list)
     #: with ``weights="auto"``: each member's NLL of its prompt in nats per byte (the evidence).
     prompt_nll: dict[str, float] = field(default_factory=dict)
-    #: what that NLL was measured on: "answers" (the prompt's worked answers) or "prompt" (all of it).
+    #: what that NLL was measured on: "answers" (the prompt's worked answers) or "instructions" (its text before
+    #: the last paragraph).
     evidence: str | None = None
 
     @property

@@ -246,7 +246,7 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
             diffs += [
                 f"config.{f}: {old.get(f)!r} now {new.get(f)!r}"
                 for f in sorted(set(old) | set(new))
-                if old.get(f) != new.get(f)
+                if old.get(f) != new.get(f) and f != "method"  # the method is reported on its own
             ]
         else:
             diffs.append(f"{key}: {old!r} now {new!r}")
