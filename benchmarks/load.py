@@ -1,11 +1,14 @@
-"""Load test for ``adafuse serve``: many concurrent chat requests, some streaming, some cancelled mid-way.
+"""Load test for ``adafuse serve``: concurrent chat requests, some streaming, some cancelled mid-way, some malformed
+and some at every option's bound; ``--seconds`` keeps firing waves of them (a soak run).
 
     python benchmarks/load.py --start --models smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b
+    python benchmarks/load.py --start --seconds 300 --requests 12 --request-seconds 20   # the soak run
     python benchmarks/load.py --url http://127.0.0.1:8000 --api-key KEY
 
 Every request ends in exactly one bucket: completed (200 with an answer), cancelled (we hung up on purpose),
-rejected (429, queue full) or failed (anything else). The run fails (exit 1) when a request is lost, any answer is a
-5xx, or the server still holds a slot after the last client left.
+refused (a 4xx we provoked: malformed or out of range), rejected (429, queue full) or failed (anything else). The
+run fails (exit 1) when a request is lost, any answer is a 5xx, or the server still holds a slot after the last
+client left. With ``--start`` the server's resident memory is reported at the start and the end.
 """
 
 from __future__ import annotations
@@ -48,11 +51,28 @@ class Outcome:
     extra: dict = field(default_factory=dict)
 
 
+#: requests that must be refused with a 4xx, each with why.
+MALFORMED: list[tuple[str, bytes]] = [
+    ("not JSON", b"{not json"),
+    ("lone surrogate", b'{"messages": [{"role": "user", "content": "hi \\udc80"}]}'),
+    ("negative temperature", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": -1}'),
+    ("unknown option", b'{"messages": [{"role": "user", "content": "hi"}], "adafuse": {"combiner": "vote"}}'),
+    ("beam past its bound", b'{"messages": [{"role": "user", "content": "hi"}], "adafuse": {"beam": 1000}}'),
+    ("no messages", b'{"messages": []}'),
+]
+#: every option that multiplies work at its bound: finishes within the server's budget.
+AT_BOUNDS = {"max_words": 64, "beam": 16, "top_k": 100, "weights": "equal", "min_weight": 0.0}
+
+
 def kind_of(i: int) -> str:
     if i % 8 == 3:
         return "cancel-stream"
     if i % 8 == 7:
         return "cancel-plain"
+    if i % 8 == 5:
+        return "malformed"
+    if i % 8 == 6:
+        return "at-bounds"
     return "stream" if i % 4 == 1 else "plain"
 
 
@@ -64,9 +84,18 @@ async def one(client: httpx.AsyncClient, url: str, i: int, max_tokens: int, canc
         "max_tokens": max_tokens,
         "stream": out.kind in ("stream", "cancel-stream"),
     }
+    if out.kind == "at-bounds":
+        body["adafuse"] = AT_BOUNDS
     start = time.perf_counter()
     try:
-        if body["stream"]:
+        if out.kind == "malformed":
+            why, raw = MALFORMED[i // 8 % len(MALFORMED)]
+            headers = {"content-type": "application/json"}
+            resp = await client.post(f"{url}/v1/chat/completions", content=raw, headers=headers)
+            out.status, out.extra["why"] = resp.status_code, why
+            if 400 <= resp.status_code < 500 and resp.status_code != 429:
+                out.bucket = "refused"
+        elif body["stream"]:
             async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
                 out.status = resp.status_code
                 if resp.status_code != 200:
@@ -129,11 +158,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 @contextlib.contextmanager
-def started_server(models: str, max_queue: int, api_key: str | None):
+def started_server(models: str, max_queue: int, api_key: str | None, request_seconds: float | None):
     port = free_port()
-    cmd = [sys.executable, "-m", "adafuse.serving.commands", "serve", "--port", str(port), "--models", models]
-    cmd += ["--max-queue", str(max_queue), "--log-level", "warning"]
+    cmd = [sys.executable, "-c", "from adafuse.cli import main; main()", "serve", "--port", str(port)]
+    cmd += ["--models", models, "--max-queue", str(max_queue), "--log-level", "warning"]
+    if request_seconds:
+        cmd += ["--request-seconds", str(request_seconds)]
     if api_key:
         cmd += ["--api-key", api_key]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
@@ -149,7 +189,7 @@ def started_server(models: str, max_queue: int, api_key: str | None):
             if time.monotonic() > deadline:
                 raise SystemExit("adafuse serve did not come up within 300 s")
             time.sleep(0.5)
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -177,13 +217,29 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--cancel-after", type=float, default=2.0, help="seconds before a plain request is abandoned")
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--seconds", type=float, default=0.0, help="soak: keep firing waves of requests this long")
+    ap.add_argument("--request-seconds", type=float, default=None, help="with --start: the server's budget")
     args = ap.parse_args()
 
-    ctx = started_server(args.models, args.requests, args.api_key) if args.start else contextlib.nullcontext(args.url)
-    with ctx as url:
-        outcomes, wall = asyncio.run(
-            fire(url, args.requests, args.max_tokens, args.cancel_after, args.api_key, args.timeout)
-        )
+    ctx = (
+        started_server(args.models, args.requests, args.api_key, args.request_seconds)
+        if args.start
+        else contextlib.nullcontext((args.url, None))
+    )
+    with ctx as (url, pid):
+        memory = [rss_mib(pid)] if pid else []
+        outcomes: list[Outcome] = []
+        start = time.perf_counter()
+        while True:
+            wave, _ = asyncio.run(
+                fire(url, args.requests, args.max_tokens, args.cancel_after, args.api_key, args.timeout)
+            )
+            outcomes += wave
+            if pid:
+                memory.append(rss_mib(pid))
+            if time.perf_counter() - start >= args.seconds:
+                break
+        wall = time.perf_counter() - start
         time.sleep(0.5)
         deadline = time.monotonic() + 60
         health = httpx.get(f"{url}/health").json()
@@ -191,7 +247,8 @@ def main() -> int:
             time.sleep(0.25)  # cancelled generations stop at their next round
             health = httpx.get(f"{url}/health").json()
 
-    buckets = {b: [o for o in outcomes if o.bucket == b] for b in ("completed", "cancelled", "rejected", "failed")}
+    names = ("completed", "cancelled", "refused", "rejected", "failed")
+    buckets = {b: [o for o in outcomes if o.bucket == b] for b in names}
     latencies = [o.latency for o in buckets["completed"]]
     firsts = [o.first_chunk for o in buckets["completed"] if o.first_chunk is not None]
     server_errors = [o for o in outcomes if o.status is not None and o.status >= 500]
@@ -205,6 +262,11 @@ def main() -> int:
         print(f"1st chunk  p50 {pct(firsts, 0.5):.2f} s  p95 {pct(firsts, 0.95):.2f} s  (streaming, completed)")
     after = f"running {health['running']} queued {health['queued']}"
     print(f"5xx        {len(server_errors)}   lost {lost}   server after the run: {after}")
+    statuses = sorted({o.status for o in outcomes if o.status})
+    print("by status  " + ", ".join(f"{s}: {sum(o.status == s for o in outcomes)}" for s in statuses))
+    if memory:
+        waves = f"max {max(memory):.0f} MiB over {len(memory) - 1} waves"
+        print(f"memory     server RSS {memory[0]:.0f} MiB at the start, {memory[-1]:.0f} MiB at the end ({waves})")
     for o in buckets["failed"]:
         print(f"  failed #{o.index} {o.kind} status={o.status} {o.error}")
     ok = not server_errors and lost == 0 and not buckets["failed"] and not health["running"] and not health["queued"]
