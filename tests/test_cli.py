@@ -83,18 +83,43 @@ def test_prompt_longer_than_a_members_context():
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--theta", "1.5"], "theta must be in [0, 1]"),
+        (["--theta", "1.5"], "theta must be in [0, 1], got 1.5"),
         (["--theta", "-0.2"], "theta must be in [0, 1]"),
-        (["--beam", "0"], "beam must be an integer >= 1"),
-        (["--max-words", "0"], "max_words must be an integer >= 1"),
-        (["--max-new-tokens", "0"], "max_new_tokens must be"),
-        (["--method", "vote"], "unknown method 'vote'"),
-        (["--weights", "1,x"], "--weights must be auto, equal, comma-separated numbers"),
+        (["--theta", "high"], "theta must be a number, got 'high'"),
+        (["--beam", "0"], "beam must be in [1, 16], got 0"),
+        (["--beam", "17"], "beam must be in [1, 16], got 17"),
+        (["--max-words", "0"], "max_words must be in [1, 64]"),
+        (["--max-new-tokens", "0"], "max_new_tokens must be in [1, 8192]"),
+        (["--method", "vote"], "method must be one of adafuse, token, span, sample, single, got 'vote'"),
+        (["--weights", "1,x"], "weights must be auto, equal or numbers"),
         (["--weights", "1,1"], "2 weights given for 3 members"),
-        (["--weights", "auto", "--auto-sharpness", "-1"], "auto_sharpness must be a finite number >= 0"),
-        (["--min-weight", "1"], "min_weight must be a number in [0, 1), got 1.0"),
-        (["--combiner", "median"], "unknown combiner 'median'; choose one of mean, confidence, vote"),
+        (["--weights", "auto", "--auto-sharpness", "-1"], "auto_sharpness must be in [0, 1000]"),
+        (["--min-weight", "1"], "min_weight must be in [0, 1), got 1.0"),
+        (["--stop", "\\ud800"], "is not valid Unicode text"),
     ],
 )
 def test_nonsense_parameters(args, needle):
     assert_one_line_error(adafuse("generate", "hi", *args), needle)
+
+
+def test_a_rejected_option_is_no_flag():
+    proc = adafuse("generate", "hi", "--combiner", "vote")
+    assert proc.returncode == 2 and "No such option: --combiner" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_prompt_that_is_not_unicode_is_a_one_line_error():
+    # Bytes that are not UTF-8 on the command line reach Python as lone surrogates.
+    assert_one_line_error(adafuse("generate", b"caf\xe9".decode("utf-8", "surrogateescape")), "not valid Unicode")
+
+
+def test_every_decoding_option_is_a_flag_of_every_command_that_decodes():
+    from typer.testing import CliRunner
+
+    from adafuse.cli import app
+    from adafuse.config import option_names
+
+    runner = CliRunner()
+    for command, request in (("generate", True), ("serve", True), ("eval", False), ("compare", False)):
+        shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "300"}).output
+        for name in option_names(request):
+            assert f"--{name.replace('_', '-')}" in shown, (command, name)

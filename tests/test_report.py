@@ -13,17 +13,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import typer
 from fakes import EOS, ScriptedMember
 from typer.testing import CliRunner
 
+from adafuse.cli import app
 from adafuse.config import DecodeConfig
 from adafuse.ensemble import Ensemble
 from adafuse.errors import DataError
 from adafuse.evaluation.runner import run_eval
 from adafuse.evaluation.tasks import custom_task
 from adafuse.report import build_report, write_report
-from adafuse.report.commands import register
 from adafuse.report.html import PALETTE, result_report
 from adafuse.result import Candidate, MemberTelemetry, Proposal, Result, Round, Telemetry
 
@@ -117,13 +116,6 @@ def test_bad_inputs_are_data_errors(tmp_path):
 
 
 def test_the_report_command_writes_the_page_and_fails_in_one_line(tmp_path):
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:  # a group, so the command is called by name as in `adafuse report`
-        pass
-
-    register(app)
     trace = tmp_path / "trace.json"
     trace.write_text(handmade().to_json())
     out = tmp_path / "sub" / "report.html"

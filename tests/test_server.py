@@ -557,24 +557,18 @@ def test_openai_client_chat_plain_and_streaming(openai_client):
 
 
 def test_serve_command_rejects_bad_options_with_one_line():
-    import typer
     from typer.testing import CliRunner
 
-    from adafuse.serving.commands import register
+    from adafuse.cli import app as cli
 
-    cli = typer.Typer()
-
-    @cli.callback()
-    def _root() -> None:
-        """test"""
-
-    register(cli)
     runner = CliRunner()
     for args, words in [
         (["--on-member-failure", "maybe"], "--on-member-failure must be one of fail, drop"),
         (["--port", "0"], "--port must be from 1 to 65535"),
         (["--max-concurrency", "0"], "--max-concurrency must be >= 1"),
         (["--n-ctx", "8"], "--n-ctx must be at least 16"),
+        (["--request-seconds", "0"], "--request-seconds must be > 0"),
+        (["--beam", "99"], "beam must be in [1, 16]"),
     ]:
         res = runner.invoke(cli, ["serve", *args])
         assert res.exit_code == 2 and words in res.output, res.output

@@ -77,6 +77,16 @@ def _package_dir(package: str, model: ZooModel) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def package_installed(model: ZooModel) -> bool:
+    """Whether every PyPI package of a built-in model is installed."""
+    try:
+        for package in model.packages:
+            _package_dir(package, model)
+    except ModelPackageMissingError:
+        return False
+    return True
+
+
 def zoo_path(name: str) -> Path:
     """Path of the GGUF file of a built-in model, assembling it first if it ships in chunks."""
     model = ZOO[name]

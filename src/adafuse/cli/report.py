@@ -1,8 +1,4 @@
-"""The ``report`` command: ``adafuse report TRACE_OR_EVAL_DIR --out report.html``.
-
-Kept out of ``adafuse.cli`` so the report has one owner; ``cli.py`` calls :func:`register`. ``fail`` is
-imported inside the command because ``cli`` imports this module while it is itself still being imported.
-"""
+"""The ``report`` command: ``adafuse report TRACE_OR_EVAL_DIR --out report.html``."""
 
 from __future__ import annotations
 
@@ -12,7 +8,9 @@ from typing import Annotated
 
 import typer
 
+from adafuse.cli.common import fail
 from adafuse.errors import AdafuseError
+from adafuse.report.html import write_report
 
 
 def report_command(
@@ -25,9 +23,6 @@ def report_command(
     """Write a self-contained HTML page: the answer coloured by the winning member of each round, every
     candidate's scores, the margins over the rounds and the telemetry; for an evaluation directory, every item
     with its correctness and its trace."""
-    from adafuse.cli import fail
-    from adafuse.report.html import write_report
-
     try:
         written = write_report(source, out, title)
     except AdafuseError as exc:
