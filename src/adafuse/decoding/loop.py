@@ -102,14 +102,17 @@ def bench(state: DecodeState) -> list[str]:
 
 def _finish_reason(state: DecodeState, rnd: Round) -> str:
     cfg = state.config
+    # The budget cuts first: a stop string past it is not part of the answer it would have ended.
+    written = output_tokens(state)
+    if written > cfg.max_new_tokens:
+        _truncate_to_budget(state)
     hit = find_stop(state.committed, cfg.stop, cfg.stop_at_boxed)
     if hit is not None:
         state.committed = state.committed[: hit.cut]
         return "stop"
-    if rnd.winner.eos:
+    if rnd.winner.eos and written <= cfg.max_new_tokens:
         return "eos"
-    if output_tokens(state) >= cfg.max_new_tokens:
-        _truncate_to_budget(state)
+    if written >= cfg.max_new_tokens:
         return "length"
     if not rnd.committed:
         # A round that commits nothing would repeat forever; only a degenerate member gets here.

@@ -97,13 +97,16 @@ class DraftWriter:
     def _stop_cut(self, text: str) -> int | None:
         """Where a stop string or a closed boxed answer ends inside ``text``, looking across the boundary too."""
         cfg = self.state.config
-        if not cfg.stop and not cfg.stop_at_boxed:
+        # Stop strings cut the committed text (the loop), never a candidate: cut drafts would be scored as shorter
+        # candidates and change the choice. A member voting alone chooses nothing, so it stops drafting there.
+        stops = cfg.stop if len(self.state.active) == 1 else ()
+        if not stops and not cfg.stop_at_boxed:
             return None
         committed = self.state.committed
-        keep = max((len(s) for s in cfg.stop), default=0)
+        keep = max((len(s) for s in stops), default=0)
         # A boxed answer can open anywhere in the committed text; a stop string only in its last few characters.
         lead = committed if cfg.stop_at_boxed else committed[-keep:] if keep else ""
-        hit = find_stop(lead + text, cfg.stop, cfg.stop_at_boxed)
+        hit = find_stop(lead + text, stops, cfg.stop_at_boxed)
         if hit is None:
             return None
         start = hit.cut - len(lead)
@@ -114,7 +117,7 @@ class DraftWriter:
         before = [e for e in word_ends(text) if e <= start]
         if before:
             return before[-1]
-        stop_len = next(len(s) for s in cfg.stop if (lead + text).startswith(s, hit.cut))
+        stop_len = next(len(s) for s in stops if (lead + text).startswith(s, hit.cut))
         return max(start + stop_len, 1)
 
     def _context_full(self) -> bool:

@@ -387,8 +387,8 @@ def summarise(
         "complete": len(rows) == len(items),
         "primary_metric": PRIMARY_METRIC[task.kind],
         "metrics": task.score(predictions, golds, lenient=lenient),
-        # Cumulative over every session of this run: model loading plus the generation of these items, so a
-        # resumed or reused run reports what its results cost, not what the last (maybe empty) session cost.
+        # Cumulative over every invocation of this run: model loading plus the generation of these items, so a
+        # resumed or reused run reports what its results cost, not what the last (maybe empty) invocation cost.
         "wall_seconds": load_seconds + telemetry["generation_seconds"],
         "session_seconds": session_seconds,
         "telemetry": telemetry,
