@@ -56,14 +56,8 @@ class Step:
 
 @runtime_checkable
 class Member(Protocol):
-    """A model taking part in an ensemble.
-
-    Optional beyond this protocol: ``next_tokens(contexts, k) -> list[TopK]``, ``next_token`` for several contexts
-    of one length that share a prefix in one call; a member that has it walks an uncertain round's branches in
-    lockstep (``decoding.proposals.write_drafts``). ``n_vocab``, the number of token ids, for a member that can
-    read every token's text cheaply (local engines): token healing then sums over the whole vocabulary
-    (:func:`tokens_starting_with`).
-    """
+    """A model taking part in an ensemble: what every decoder calls. Abilities only some engines have are the
+    small protocols below, checked with ``isinstance``."""
 
     name: str
     n_ctx: int
@@ -100,32 +94,72 @@ class Member(Protocol):
         """Top-k next tokens after ``context``."""
         ...
 
-    def evidence(self, context: Sequence[int]) -> list[float] | None:
-        """The member's likelihood of a text, for automatic weights: ``log P(context[t] | context[:t])`` for
-        every t = 1 .. len(context) - 1. ``context`` is a prompt or its leading part (up to its last worked
-        answer); backends remember what they read, so a few-shot part shared by many requests is read once.
-        The numbers must not depend on what the member ran before. None when the backend cannot compute them."""
-        ...
-
-    def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
-        """Next-token log-probabilities of the given ids after ``context`` (for token-level fusion)."""
-        ...
-
     def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
         """For each (context, continuation): the log-probability of every continuation token in turn."""
         ...
 
-    def greedy(
-        self,
-        context: Sequence[int],
-        max_tokens: int,
-        k: int,
-        until: Callable[[list[int]], bool] | None = None,
-    ) -> list[Step]:
-        """Greedy continuation of up to ``max_tokens``; ends early at an end token or when ``until`` says so."""
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchedSteps(Protocol):
+    """Steps several contexts of one length that share a prefix in one call: an uncertain round's branches are
+    walked in lockstep (``decoding.proposals.write_drafts``)."""
+
+    def next_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[TopK]: ...
+
+
+@runtime_checkable
+class ListsVocabulary(Protocol):
+    """Reads every token's text and any tokens' log-probabilities cheaply (local engines): token healing then sums
+    over the whole vocabulary (:func:`tokens_starting_with`)."""
+
+    n_vocab: int
+
+    def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
+        """Next-token log-probabilities of the given ids after ``context``."""
         ...
 
-    def close(self) -> None: ...
+
+@runtime_checkable
+class ReadsEvidence(Protocol):
+    """Reports its likelihood of a text, for automatic weights (``decoding.evidence``)."""
+
+    def evidence(self, context: Sequence[int]) -> list[float] | None:
+        """``log P(context[t] | context[:t])`` for every t = 1 .. len(context) - 1. ``context`` is a prompt or its
+        leading part; backends remember what they read, so a few-shot part shared by many requests is read once.
+        The numbers must not depend on what the member ran before. None when it cannot tell."""
+        ...
+
+
+@runtime_checkable
+class WritesGreedily(Protocol):
+    """Writes several greedy tokens per call (a remote engine fetches them in one request); others step."""
+
+    def greedy(
+        self, context: Sequence[int], max_tokens: int, k: int, until: Callable[[list[int]], bool] | None = None
+    ) -> list[Step]: ...
+
+
+@runtime_checkable
+class MayRunConcurrently(Protocol):
+    """``concurrent`` true: it may run beside the other members in a thread (remote members; local ones given
+    fewer threads than there are cores)."""
+
+    concurrent: bool
+
+
+def greedy(
+    member: Member,
+    context: Sequence[int],
+    max_tokens: int,
+    k: int,
+    until: Callable[[list[int]], bool] | None = None,
+) -> list[Step]:
+    """Greedy continuation of up to ``max_tokens``; ends early at an end token or when ``until`` says so."""
+    if isinstance(member, WritesGreedily):
+        return member.greedy(context, max_tokens, k, until)
+    return greedy_by_steps(member, context, max_tokens, k, until)
 
 
 def greedy_by_steps(
@@ -179,10 +213,9 @@ _INDEXES: weakref.WeakKeyDictionary[Member, _VocabularyIndex] = weakref.WeakKeyD
 def tokens_starting_with(member: Member, text: bytes) -> list[int] | None:
     """Every ordinary token of ``member`` whose text starts with ``text``; None for a member without ``n_vocab``
     (a remote engine, whose token texts cost a request each). The index is built on first use, once per member."""
-    n_vocab = getattr(member, "n_vocab", None)
-    if not isinstance(n_vocab, int):
+    if not isinstance(member, ListsVocabulary):
         return None
     index = _INDEXES.get(member)
     if index is None:
-        index = _INDEXES[member] = _VocabularyIndex(member, n_vocab)
+        index = _INDEXES[member] = _VocabularyIndex(member, member.n_vocab)
     return index.starting_with(text)

@@ -28,14 +28,14 @@ import shutil
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
+from adafuse.backends.base import MemberStats, TopK, common_prefix_len
 from adafuse.backends.zoo import ZOO, cache_dir, zoo_path
 from adafuse.errors import ConfigError, MemberError, ModelLoadError, ModelNotFoundError, PromptError
 
@@ -977,16 +977,6 @@ class HFMember:
         logp = torch.log_softmax(rows.float(), dim=-1)
         idx = torch.tensor(list(targets), dtype=torch.long, device=logp.device)
         return [float(x) for x in logp.gather(1, idx[:, None])[:, 0].cpu()]
-
-    def greedy(
-        self,
-        context: Sequence[int],
-        max_tokens: int,
-        k: int,
-        until: Callable[[list[int]], bool] | None = None,
-    ) -> list[Step]:
-        # Each step is one forward of one token on the cache: plain argmax, no generate() sampling defaults.
-        return greedy_by_steps(self, context, max_tokens, k, until)
 
     def close(self) -> None:
         if self._closed:

@@ -13,12 +13,12 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len, greedy_by_steps
+from adafuse.backends.base import MemberStats, TopK, common_prefix_len
 from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError, PromptError
 
 try:
@@ -432,15 +432,6 @@ class LlamaCppMember:
             lps.append(float(logits[tok] - lse))
             ids.append(tok)
         return lps
-
-    def greedy(
-        self,
-        context: Sequence[int],
-        max_tokens: int,
-        k: int,
-        until: Callable[[list[int]], bool] | None = None,
-    ) -> list[Step]:
-        return greedy_by_steps(self, context, max_tokens, k, until)
 
     def close(self) -> None:
         if self._closed or llama_cpp is None:

@@ -919,10 +919,6 @@ class RemoteMember:
         with contextlib.suppress(MemberError, PromptError):
             self._row(context, _MIN_K)
 
-    def evidence(self, context: Sequence[int]) -> list[float] | None:
-        # Engines differ in whether (and how) they return prompt log-probabilities; auto weights fall back.
-        return None
-
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         row = self._row(context, k)
         if not row.top:
