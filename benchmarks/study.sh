@@ -23,8 +23,8 @@ qa_tasks=("triviaqa 1500 ${N_TRIVIA:-50} ${N_CAL:-40}" "nq 200 ${N_NQ:-30} ${N_C
 long_tasks=("flores-en-de 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}" "flores-de-en 100 ${N_FLORES:-6} ${N_CAL_LONG:-10}"
   "gsm8k 50 ${N_GSM8K:-4} ${N_CAL_LONG:-5}")
 
-# Beyond the paper (docs/RESULTS.md, "Beyond the paper"): the adaptive unit on the paper's equal weights, then the
-# default's automatic weights at the old default sharpness 20, and with a lower floor for benching (min_weight).
+# Beyond the paper (docs/RESULTS.md, "Granularity", "Member weights", "Benching"): the adaptive unit on the paper's
+# equal weights, the default's automatic weights at sharpness 20, and a lower floor for benching (min_weight).
 eq="adafuse@weights=equal"
 options="$eq,granularity=adaptive,adafuse@auto_sharpness=20,adafuse@min_weight=0.01"
 if [[ "$part" == options || -n "${WITH_OPTIONS:-}" ]]; then
