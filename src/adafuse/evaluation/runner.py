@@ -212,7 +212,7 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 
 def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: bool) -> dict[str, Any]:
-    """What must match for two sessions to be the same run: the package version, the task and its prompt, the
+    """What must match for two invocations to be the same run: the package version, the task and its prompt, the
     members and the resolved options. ``single_member`` and ``weights`` are left out for ``single`` (the chosen
     model is in ``models``; weights cannot matter), so the same single-model run is recognised whether the other
     members were loaded or not."""
