@@ -207,3 +207,26 @@ def test_results_round_trip_through_json(rows, method):
         return
     again = Result.from_dict(json.loads(result.to_json()))
     assert again.to_json() == result.to_json()
+
+
+# -- the command line -----------------------------------------------------------------------------------------------
+
+flag = st.sampled_from([f"--{n.replace('_', '-')}" for n in option_names()] + ["--n-ctx", "--threads", "--chat"])
+flag_value = st.one_of(
+    st.sampled_from(["0", "-1", "1e9", "nan", "inf", "0.5", "3", "auto", "equal", "1,2", "x", "", "\\n", "\\ud800"]),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=6),
+)
+
+
+@fuzz(150)
+@given(argv=st.lists(st.tuples(flag, flag_value), max_size=4), prompt=st.text(max_size=12))
+def test_random_command_lines_end_in_one_error_line_never_a_traceback(tmp_path_factory, argv, prompt):
+    from typer.testing import CliRunner
+
+    from adafuse.cli import app
+
+    missing = str(tmp_path_factory.getbasetemp() / "absent.gguf")  # a valid command line stops here, loading nothing
+    args = ["generate", prompt or " ", "--models", missing, *[part for pair in argv for part in pair]]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, (args, res.output, res.exception)
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
