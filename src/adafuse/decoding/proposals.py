@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adafuse.backends.base import Step, TopK
+from adafuse.backends.base import BatchedSteps, Step, TopK
 from adafuse.decoding.granularity import boundary_end
 from adafuse.decoding.scoring import Draft
 from adafuse.decoding.state import DecodeState
@@ -129,8 +129,7 @@ def write_drafts(state: DecodeState, member: int, firsts: list[Step], writers: l
     transformers backend) walks the branches in lockstep; others walk one branch after another, so that each
     walk stays on the member's one cache and its numbers are exactly a single walk's (llama.cpp)."""
     mem = state.views[member].member
-    step_all = getattr(mem, "next_tokens", None)
-    if step_all is None or len(writers) < 2:
+    if not isinstance(mem, BatchedSteps) or len(writers) < 2:
         return [write_draft(state, member, f, w) for f, w in zip(firsts, writers, strict=True)]
     drafts = [w.add(f.topk, f.token) for f, w in zip(firsts, writers, strict=True)]
     ctx = state.context(member)
@@ -138,7 +137,7 @@ def write_drafts(state: DecodeState, member: int, firsts: list[Step], writers: l
         walking = [j for j, d in enumerate(drafts) if d is None]
         if not walking:
             return [d for d in drafts if d is not None]
-        tops = step_all([ctx + writers[j].tokens for j in walking], state.config.top_k)
+        tops = mem.next_tokens([ctx + writers[j].tokens for j in walking], state.config.top_k)
         for j, top in zip(walking, tops, strict=True):
             drafts[j] = writers[j].add(top, top.ids[0])
 

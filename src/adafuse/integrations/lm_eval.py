@@ -61,7 +61,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from adafuse.backends import DEFAULT_ENSEMBLE
-from adafuse.backends.base import Member
+from adafuse.backends.base import Member, greedy
 from adafuse.chat import Message, validate_messages
 from adafuse.config import NAMED_WEIGHTS, DecodeConfig, parse_bool
 from adafuse.decoding.loop import OnRound
@@ -431,7 +431,7 @@ def _member_greedy_bytes(member: Member, ctx: Sequence[int], conts: Sequence[str
 
     # At most one token per byte of the longest target (plus one for a token that spells nothing).
     budget = min(longest + 1, max(0, member.n_ctx - len(ctx)))
-    steps = member.greedy(ctx, budget, 1, until)
+    steps = greedy(member, ctx, budget, 1, until)
     return b"".join(member.token_bytes(s.token) for s in steps if not member.is_eog(s.token))
 
 
