@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+#: A stop test on the tokens a greedy continuation has written so far.
+Until = Callable[[list[int]], bool]
+
 
 @dataclass(frozen=True)
 class TopK:
@@ -149,13 +152,7 @@ class Greedy(Protocol):
     """A greedy continuation of its own, cheaper than one ``next_token`` per step (a remote member fetches several
     tokens a request); :func:`greedy` falls back to steps for other members."""
 
-    def greedy(
-        self,
-        context: Sequence[int],
-        max_tokens: int,
-        k: int,
-        until: Callable[[list[int]], bool] | None = None,
-    ) -> list[Step]:
+    def greedy(self, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None) -> list[Step]:
         """Greedy continuation of up to ``max_tokens``; ends early at an end token or when ``until`` says so."""
         ...
 
@@ -165,13 +162,7 @@ def runs_concurrently(member: object) -> bool:
     return isinstance(member, Concurrent) and bool(member.concurrent)
 
 
-def greedy(
-    member: Member,
-    context: Sequence[int],
-    max_tokens: int,
-    k: int,
-    until: Callable[[list[int]], bool] | None = None,
-) -> list[Step]:
+def greedy(member: Member, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None) -> list[Step]:
     """Greedy continuation of up to ``max_tokens`` by the member's own :class:`Greedy` if it has one, else by
     steps; ends early at an end token or when ``until`` says so."""
     if isinstance(member, Greedy):
@@ -180,11 +171,7 @@ def greedy(
 
 
 def greedy_by_steps(
-    member: Member,
-    context: Sequence[int],
-    max_tokens: int,
-    k: int,
-    until: Callable[[list[int]], bool] | None = None,
+    member: Member, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None
 ) -> list[Step]:
     """Greedy decoding as repeated ``next_token`` calls; cheap on members whose prefix cache is local."""
     ctx = list(context)
