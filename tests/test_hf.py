@@ -581,7 +581,7 @@ def test_prompt_evidence_agrees_across_backends_and_does_not_depend_on_history(s
         member.evidence(ids + ids[1:40])
         member.prefill(ids[:50])
         member.next_token(ids[:50], 3)
-        finished = member._read_evidence if member is hf else member._evidence
+        finished = member._evidence
         finished.clear()
         assert member.evidence(ids[:n]) == first, member.name
         before = member.stats.tokens_evaluated

@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+#: A stop test on the tokens a greedy continuation has written so far.
+Until = Callable[[list[int]], bool]
+
 
 @dataclass(frozen=True)
 class TopK:
@@ -56,8 +59,12 @@ class Step:
 
 @runtime_checkable
 class Member(Protocol):
-    """A model taking part in an ensemble: what every decoder calls. Abilities only some engines have are the
-    small protocols below, checked with ``isinstance``."""
+    """A model taking part in an ensemble: what every decoder calls.
+
+    Abilities only some members have are the small protocols below, checked with ``isinstance``: batched steps
+    (:class:`BatchedSteps`), the whole vocabulary (:class:`FullVocabulary`), running off the decoding thread
+    (:class:`Concurrent`) and a continuation faster than step by step (:class:`Greedy`, see :func:`greedy`).
+    """
 
     name: str
     n_ctx: int
@@ -83,7 +90,7 @@ class Member(Protocol):
         ...
 
     def special_text(self, which: str) -> str:
-        """The text of the ``bos`` or ``eos`` token, for chat templates that print them."""
+        """The text of the ``bos`` or ``eos`` token, for chat templates that print them ("" when unknown)."""
         ...
 
     def prefill(self, context: Sequence[int]) -> None:
@@ -92,6 +99,14 @@ class Member(Protocol):
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         """Top-k next tokens after ``context``."""
+        ...
+
+    def evidence(self, context: Sequence[int]) -> list[float] | None:
+        """The member's likelihood of a text, for automatic weights: ``log P(context[t] | context[:t])`` for
+        every t = 1 .. len(context) - 1. ``context`` is a prompt or its leading part (up to its last worked
+        answer); backends remember what they read, so a few-shot part shared by many requests is read once.
+        The numbers must not depend on what the member ran before. None when the backend cannot compute them
+        (the automatic weights then keep the given ones), so every member answers the call."""
         ...
 
     def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
@@ -106,14 +121,17 @@ class BatchedSteps(Protocol):
     """Steps several contexts of one length that share a prefix in one call: an uncertain round's branches are
     walked in lockstep (``decoding.proposals.write_drafts``)."""
 
-    def next_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[TopK]: ...
+    def next_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[TopK]:
+        """``next_token`` for each context, in order."""
+        ...
 
 
 @runtime_checkable
-class ListsVocabulary(Protocol):
-    """Reads every token's text and any tokens' log-probabilities cheaply (local engines): token healing then sums
+class FullVocabulary(Protocol):
+    """Reads every token's text and any token's log-probability cheaply (local engines): token healing then sums
     over the whole vocabulary (:func:`tokens_starting_with`)."""
 
+    #: the number of token ids
     n_vocab: int
 
     def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
@@ -122,52 +140,38 @@ class ListsVocabulary(Protocol):
 
 
 @runtime_checkable
-class ReadsEvidence(Protocol):
-    """Reports its likelihood of a text, for automatic weights (``decoding.evidence``)."""
-
-    def evidence(self, context: Sequence[int]) -> list[float] | None:
-        """``log P(context[t] | context[:t])`` for every t = 1 .. len(context) - 1. ``context`` is a prompt or its
-        leading part; backends remember what they read, so a few-shot part shared by many requests is read once.
-        The numbers must not depend on what the member ran before. None when it cannot tell."""
-        ...
-
-
-@runtime_checkable
-class WritesGreedily(Protocol):
-    """Writes several greedy tokens per call (a remote engine fetches them in one request); others step."""
-
-    def greedy(
-        self, context: Sequence[int], max_tokens: int, k: int, until: Callable[[list[int]], bool] | None = None
-    ) -> list[Step]: ...
-
-
-@runtime_checkable
-class MayRunConcurrently(Protocol):
-    """``concurrent`` true: it may run beside the other members in a thread (remote members; local ones given
-    fewer threads than there are cores)."""
+class Concurrent(Protocol):
+    """May run in a worker thread beside the other members while ``concurrent`` is True (``decoding.parallel``):
+    remote members, which wait on the network, and in-process ones that leave cores free."""
 
     concurrent: bool
 
 
-def greedy(
-    member: Member,
-    context: Sequence[int],
-    max_tokens: int,
-    k: int,
-    until: Callable[[list[int]], bool] | None = None,
-) -> list[Step]:
-    """Greedy continuation of up to ``max_tokens``; ends early at an end token or when ``until`` says so."""
-    if isinstance(member, WritesGreedily):
+@runtime_checkable
+class Greedy(Protocol):
+    """A greedy continuation of its own, cheaper than one ``next_token`` per step (a remote member fetches several
+    tokens a request); :func:`greedy` falls back to steps for other members."""
+
+    def greedy(self, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None) -> list[Step]:
+        """Greedy continuation of up to ``max_tokens``; ends early at an end token or when ``until`` says so."""
+        ...
+
+
+def runs_concurrently(member: object) -> bool:
+    """True for a member that declares it may run beside the others (:class:`Concurrent`)."""
+    return isinstance(member, Concurrent) and bool(member.concurrent)
+
+
+def greedy(member: Member, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None) -> list[Step]:
+    """Greedy continuation of up to ``max_tokens`` by the member's own :class:`Greedy` if it has one, else by
+    steps; ends early at an end token or when ``until`` says so."""
+    if isinstance(member, Greedy):
         return member.greedy(context, max_tokens, k, until)
     return greedy_by_steps(member, context, max_tokens, k, until)
 
 
 def greedy_by_steps(
-    member: Member,
-    context: Sequence[int],
-    max_tokens: int,
-    k: int,
-    until: Callable[[list[int]], bool] | None = None,
+    member: Member, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None
 ) -> list[Step]:
     """Greedy decoding as repeated ``next_token`` calls; cheap on members whose prefix cache is local."""
     ctx = list(context)
@@ -211,9 +215,10 @@ _INDEXES: weakref.WeakKeyDictionary[Member, _VocabularyIndex] = weakref.WeakKeyD
 
 
 def tokens_starting_with(member: Member, text: bytes) -> list[int] | None:
-    """Every ordinary token of ``member`` whose text starts with ``text``; None for a member without ``n_vocab``
-    (a remote engine, whose token texts cost a request each). The index is built on first use, once per member."""
-    if not isinstance(member, ListsVocabulary):
+    """Every ordinary token of ``member`` whose text starts with ``text``; None for a member without the
+    :class:`FullVocabulary` ability (a remote engine, whose token texts cost a request each). The index is built on
+    first use, once per member."""
+    if not isinstance(member, FullVocabulary):
         return None
     index = _INDEXES.get(member)
     if index is None:

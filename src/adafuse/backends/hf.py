@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from adafuse.backends.base import MemberStats, TopK, common_prefix_len
+from adafuse.backends.prefix_cache import CHUNK, PrefixCachedMember, Row, chunks
 from adafuse.backends.zoo import ZOO, cache_dir, zoo_path
 from adafuse.errors import ConfigError, MemberError, ModelLoadError, ModelNotFoundError, PromptError
 
@@ -48,15 +48,11 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     transformers = None  # type: ignore[assignment]
 
 HF_EXTRA = "pip install 'adafuse[hf]'"
-_ROWS_KEPT = 16
-# Finished evidence reads remembered per member: one per few-shot prompt in use is all a task needs.
-_EVIDENCE_KEPT = 32
-# Forwards are cut at multiples of this many positions. CPU matrix kernels sum in an order that depends on how
-# many rows they get (MKL: 1, 2-15 and 16+ rows give different last bits, measured), so a token's numbers depend on
-# the forward it was evaluated in; cutting a prompt always the same way, and reusing only whole chunks computed
-# that way (``prefill``), makes a request's answer independent of what ran before, bit for bit. It also bounds the
-# attention scores of one forward (chunk x context).
-_CHUNK = 64
+# Forwards are cut at multiples of ``CHUNK`` positions (``prefix_cache``): CPU matrix kernels sum in an order that
+# depends on how many rows they get (MKL: 1, 2-15 and 16+ rows give different last bits, measured). The cut also
+# bounds the attention scores of one forward (chunk x context).
+# ``evidence`` of whole chunks remembered per member, by the prompt prefix they end at.
+_CHUNK_EVIDENCE_KEPT = 4096
 # The batched scoring cache holds the shared prefix once per candidate; past this size the batch is split.
 _BATCH_CACHE_BYTES = 1 << 30
 # Bumped when the layout of the dequantised-GGUF cache changes, so an old cache is never read as a new one.
@@ -349,7 +345,7 @@ class _Batch:
     #: the token ids row b of ``past`` holds (its right padding excluded; empty once a row holds junk)
     seqs: list[list[int]]
     #: next-token log-probabilities after each row's last token
-    rows: list[np.ndarray | None]
+    rows: list[Row | None]
     #: the prefix every row shares
     base: int
     #: leading positions computed in whole canonical chunks (see ``HFMember.prefill``)
@@ -358,21 +354,23 @@ class _Batch:
     length: int
 
 
-class HFMember:
+class HFMember(PrefixCachedMember):
     """A causal LM run by transformers + torch, with a rollback-able KV cache and batched candidate scoring."""
 
     def __init__(
         self,
         path_or_id: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
         name: str | None = None,
         n_ctx: int = 4096,
         n_threads: int | None = None,
-        device: str = "cpu",
-        dtype: str = "float32",
         gguf_file: str | None = None,
         cache: str | Path | None = None,
     ) -> None:
         """``cache``: where dequantised GGUF models are kept (default ``cache_dir()``, i.e. ``ADAFUSE_CACHE``)."""
+        super().__init__()
         _require_torch()
         source, gguf, default_name = _resolve(path_or_id, gguf_file)
         self.name = name or default_name
@@ -421,19 +419,12 @@ class HFMember:
         self.chat_template: str | None = template or None
         self._init_vocab(vocab_meta)
         self._init_forward()
-        # Token ids held in the KV cache, and the next-token log-probabilities we still hold, by position.
+        # The KV cache whose tokens ``_cache`` lists.
         self._past: Any = DynamicCache()
-        self._cache: list[int] = []
-        self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
-        # How many leading cached tokens were evaluated in whole, aligned chunks (reusable across requests).
-        self._canonical = 0
         # ``evidence`` of whole chunks, by the prompt prefix they end at: a shared few-shot prefix is scored once.
         self._chunk_evidence: OrderedDict[int, list[float]] = OrderedDict()
-        # Finished ``evidence`` reads by their context.
-        self._read_evidence: OrderedDict[int, list[float]] = OrderedDict()
         # Batch caches of the last scoring and branch walk; a request's own, dropped by the next ``prefill``.
         self._batches: list[_Batch] = []
-        self._lock = threading.Lock()
         self._closed = False
 
     # -- tokenizer ---------------------------------------------------------------------------------------------
@@ -575,69 +566,37 @@ class HFMember:
     def _reset(self) -> None:
         self._batches = []
         self._past = DynamicCache()
-        self._cache.clear()
-        self._rows.clear()
-        self._canonical = 0
+        self._forget()
 
-    def _truncate(self, n: int) -> None:
-        """Keep the first ``n`` cached tokens; a cache that cannot be cropped is emptied instead, so callers read
-        ``len(self._cache)`` afterwards."""
-        if n >= len(self._cache):
-            return
+    # -- cache hooks -------------------------------------------------------------------------------------------
+
+    def _crop(self, n: int) -> bool:
         if n == 0:
             self._reset()
-            return
+            return False
         try:
             # A negative count removes that many tokens, in transformers 4.x and 5.x alike.
             self._past.crop(n - len(self._cache))
         except Exception:
             self._reset()
-            return
-        del self._cache[n:]
-        self._canonical = min(self._canonical, n - n % _CHUNK)
-        # A row at position p depends on tokens 0..p only.
-        for pos in [p for p in self._rows if p >= n]:
-            del self._rows[pos]
+            return False
+        return True
 
-    def _extend(self, tokens: Sequence[int], want_last: bool) -> np.ndarray | None:
-        """Append ``tokens`` to the cache; the next-token log-probabilities after the last one if ``want_last``.
+    def _forward_chunk(self, chunk: list[int], pos: int, last_row: bool) -> Row | None:
+        logits = self._chunk_logits(chunk, pos, 1 if self._keep_mode != "full" else None)
+        if not last_row:
+            return None
+        return _row(logits[0, -1])
 
-        Forwards are cut at multiples of ``_CHUNK``, so a prompt is always cut the same way whatever the cache held.
-        """
-        start = len(self._cache)
-        if start + len(tokens) > self.n_ctx:
-            raise PromptError(
-                f"member {self.name!r}: context of {start + len(tokens)} tokens exceeds its window of {self.n_ctx}"
-            )
-        row = None
-        lo = 0
-        keep = 1 if self._keep_mode != "full" else None
-        while lo < len(tokens):
-            pos = start + lo
-            chunk = list(tokens[lo : lo + _CHUNK - pos % _CHUNK])
-            logits = self._extend_chunk(chunk, pos, keep)
-            lo += len(chunk)
-            if lo == len(tokens) and want_last:
-                row = torch.log_softmax(logits[0, -1].float(), dim=-1).cpu().numpy()
-        return row
-
-    def _extend_chunk(self, chunk: list[int], pos: int, keep: Any) -> Any:
-        """One forward of ``chunk`` at ``pos`` onto the cache (logits as ``keep`` selects), cache bookkeeping kept."""
+    def _chunk_logits(self, chunk: list[int], pos: int, keep: Any) -> Any:
+        """One forward of ``chunk`` at ``pos`` onto the cache, logits as ``keep`` selects."""
         ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
         logits = self._forward(ids, self._past, pos, keep)
         self.stats.tokens_evaluated += len(chunk)
-        self._cache.extend(chunk)
-        if pos == self._canonical and len(chunk) == _CHUNK:
-            # This chunk's keys and values came from one forward of exactly its own tokens on a canonical
-            # prefix: the same numbers a fresh member computes, so a later request may reuse them.
-            self._canonical += _CHUNK
         return logits
 
-    def _remember(self, pos: int, row: np.ndarray) -> None:
-        self._rows[pos] = row
-        self._rows.move_to_end(pos)
-        while len(self._rows) > _ROWS_KEPT:
-            self._rows.popitem(last=False)
+    def _guard(self) -> contextlib.AbstractContextManager[Any]:
+        return _locked_inference(self._lock)
 
     def _adopt(self, context: Sequence[int]) -> None:
         """Continue from the batch row that holds more of ``context`` than the member's own cache, if any."""
@@ -667,7 +626,7 @@ class HFMember:
         row = batch.rows[b]
         if row is not None:
             self._remember(len(seq) - 1, row)
-        self._canonical = min(self._canonical, batch.canonical, same - same % _CHUNK)
+        self._canonical = min(self._canonical, batch.canonical, same - same % CHUNK)
 
     def _keep_batch(self, batch: _Batch) -> None:
         # The newest of each kind is what the next call can use; two bound the memory.
@@ -682,104 +641,58 @@ class HFMember:
         if keep < len(prefix):
             self._extend(prefix[keep:], want_last=False)
 
-    def _row_after(self, context: Sequence[int]) -> np.ndarray:
-        """Next-token log-probabilities after ``context``; the cache then holds ``context`` (and maybe more)."""
-        if not context:
-            raise PromptError(f"member {self.name!r}: empty context")
-        n = len(context)
+    def _row_after(self, context: Sequence[int]) -> Row:
+        """The row after ``context``, continuing from a batch row that holds more of it than the cache does."""
         self._adopt(context)
-        keep = common_prefix_len(self._cache, context)
-        if keep == n and (n - 1) in self._rows:
-            # Cached tokens beyond the context stay: the next call may walk on along the same path.
-            self.stats.tokens_reused += n
-            self._rows.move_to_end(n - 1)
-            return self._rows[n - 1]
-        # The last token is re-run when its row was not kept: a row cannot be had without a forward.
-        self._truncate(min(keep, n - 1))
-        keep = len(self._cache)
-        self.stats.tokens_reused += keep
-        row = self._extend(context[keep:], want_last=True)
-        assert row is not None
-        self._remember(n - 1, row)
-        return row
+        return super()._row_after(context)
 
     # -- primitives --------------------------------------------------------------------------------------------
 
     def prefill(self, context: Sequence[int]) -> None:
-        """Start of a request: reuse only whole canonical chunks of a cached prefix, so nothing depends on history.
-
-        A shared few-shot prompt is still encoded once; the rest of the prompt is encoded from the last chunk
-        boundary, exactly as on a fresh member.
-        """
-        if not context:
-            raise PromptError(f"member {self.name!r}: empty context")
-        with self._lock, torch.inference_mode():
+        with self._guard():
             self._batches = []
-            self._rows.clear()
-            keep = min(common_prefix_len(self._cache, context), len(context) - 1, self._canonical)
-            self._truncate(keep - keep % _CHUNK)
-            keep = len(self._cache)
-            self.stats.tokens_reused += keep
-            row = self._extend(context[keep:], want_last=True)
-            assert row is not None
-            self._remember(len(context) - 1, row)
+            super().prefill(context)
 
-    def evidence(self, context: Sequence[int]) -> list[float] | None:
-        """log P(context[t] | context[:t]) for every t >= 1; see ``Member.evidence``.
-
-        Chunk j's rows predict tokens 64j+1 .. 64j+64. A whole chunk's are remembered by the prefix they cover
+    def _compute_evidence(self, context: Sequence[int]) -> list[float]:
+        """Chunk j's rows predict tokens 64j+1 .. 64j+64. A whole chunk's are remembered by the prefix they cover
         (the same whatever ran before), so a later read that shares them skips them; a trailing part chunk is
-        encoded afresh on the canonical chunks before it. Whole reads are remembered by their context.
+        encoded afresh on the canonical chunks before it.
         """
         n = len(context)
-        if n == 0:
-            raise PromptError(f"member {self.name!r}: empty context")
-        key = hash(tuple(context))
-        with self._lock, torch.inference_mode():
-            if key in self._read_evidence:
-                self._read_evidence.move_to_end(key)
-                return list(self._read_evidence[key])
-            self._batches = []
-            out: list[float] = []
-            start = 0
-            while start + _CHUNK < n and (hit := self._chunk_evidence.get(hash(tuple(context[: start + _CHUNK + 1])))):
-                out.extend(hit)
-                start += _CHUNK
-            if start + 1 < n:
-                # Only canonical chunks may stand under the rows read here, as under ``prefill``'s.
-                keep = min(common_prefix_len(self._cache, context[:start]), self._canonical)
-                self._truncate(keep - keep % _CHUNK)
-                self._hold(list(context[:start]))
-                for lo in range(start, n, _CHUNK):
-                    logits = self._extend_chunk(list(context[lo : lo + _CHUNK]), lo, None)
-                    targets = list(context[lo + 1 : min(lo + _CHUNK + 1, n)])
-                    rows = torch.log_softmax(logits[0, : len(targets)].float(), dim=-1)
-                    part = rows[torch.arange(len(targets)), torch.tensor(targets)].tolist()
-                    out.extend(part)
-                    if len(targets) == _CHUNK:
-                        self._chunk_evidence[hash(tuple(context[: lo + _CHUNK + 1]))] = part
-                        while len(self._chunk_evidence) > 4096:
-                            self._chunk_evidence.popitem(last=False)
-                # The cache may end inside the prompt now: the next read re-extends it from there, chunk-aligned.
-                self._rows.clear()
-            self._read_evidence[key] = out
-            while len(self._read_evidence) > _EVIDENCE_KEPT:
-                self._read_evidence.popitem(last=False)
-            return list(out)
-
-    def next_token(self, context: Sequence[int], k: int) -> TopK:
-        with self._lock, torch.inference_mode():
-            row = self._row_after(context)
-        return _top_k(row, k)
+        self._batches = []
+        out: list[float] = []
+        start = 0
+        while start + CHUNK < n and (hit := self._chunk_evidence.get(hash(tuple(context[: start + CHUNK + 1])))):
+            out.extend(hit)
+            start += CHUNK
+        if start + 1 < n:
+            # Only canonical chunks may stand under the rows read here, as under ``prefill``'s.
+            keep = min(common_prefix_len(self._cache, context[:start]), self._canonical)
+            self._truncate(keep - keep % CHUNK)
+            self._hold(list(context[:start]))
+            for lo, chunk in chunks(context[start:], start):
+                logits = self._chunk_logits(chunk, lo, None)
+                self._took(chunk, lo)
+                targets = list(context[lo + 1 : min(lo + CHUNK + 1, n)])
+                rows = torch.log_softmax(logits[0, : len(targets)].float(), dim=-1)
+                part = rows[torch.arange(len(targets)), torch.tensor(targets)].tolist()
+                out.extend(part)
+                if len(targets) == CHUNK:
+                    self._chunk_evidence[hash(tuple(context[: lo + CHUNK + 1]))] = part
+                    while len(self._chunk_evidence) > _CHUNK_EVIDENCE_KEPT:
+                        self._chunk_evidence.popitem(last=False)
+            # The cache may end inside the prompt now: the next read re-extends it from there, chunk-aligned.
+            self._rows.clear()
+        return out
 
     def next_tokens(self, contexts: Sequence[Sequence[int]], k: int) -> list[TopK]:
         """``next_token`` for several contexts of one length that share a prefix (an uncertain member's branches,
         walked in lockstep): one batched forward per step instead of one per branch."""
-        with self._lock, torch.inference_mode():
+        with self._guard():
             rows = self._rows_after_all([list(c) for c in contexts])
-        return [_top_k(row, k) for row in rows]
+        return [row.top(k) for row in rows]
 
-    def _rows_after_all(self, contexts: list[list[int]]) -> list[np.ndarray]:
+    def _rows_after_all(self, contexts: list[list[int]]) -> list[Row]:
         n = len(contexts[0])
         base = min(len(c) for c in contexts) - 1
         for c in contexts[1:]:
@@ -794,7 +707,7 @@ class HFMember:
                 return self._step_walk(walk, contexts, rows_of)  # type: ignore[arg-type]
         return self._start_walk(contexts, base)
 
-    def _start_walk(self, contexts: list[list[int]], base: int) -> list[np.ndarray]:
+    def _start_walk(self, contexts: list[list[int]], base: int) -> list[Row]:
         """One forward of every context's tokens after the shared prefix, on a batch-expanded copy of it."""
         prefix = contexts[0][:base]
         self._adopt(prefix)
@@ -808,12 +721,12 @@ class HFMember:
         logits = self._forward(ids, past, base, self._keep_for(wanted, width))
         self.stats.tokens_evaluated += width * len(contexts)
         self.stats.tokens_reused += base * len(contexts)
-        rows = [torch.log_softmax(r[-1].float(), dim=-1).cpu().numpy() for r in self._rows_of(logits, wanted, width)]
-        canonical = min(self._canonical, base - base % _CHUNK)
+        rows = [_row(r[-1]) for r in self._rows_of(logits, wanted, width)]
+        canonical = min(self._canonical, base - base % CHUNK)
         self._keep_batch(_Batch(past, [list(c) for c in contexts], list(rows), base, canonical, len(contexts[0])))
         return rows
 
-    def _step_walk(self, walk: _Batch, contexts: list[list[int]], rows_of: list[int]) -> list[np.ndarray]:
+    def _step_walk(self, walk: _Batch, contexts: list[list[int]], rows_of: list[int]) -> list[Row]:
         """One token more on every row of the walk's batch; rows no context continues get a filler and retire."""
         pos = len(contexts[0]) - 1
         ids = torch.zeros((len(walk.seqs), 1), dtype=torch.long, device=self.device)
@@ -826,10 +739,10 @@ class HFMember:
         self.stats.tokens_evaluated += len(asked)
         self.stats.tokens_reused += pos * len(asked)
         rows = self._rows_of(logits, wanted, 1)
-        out: dict[int, np.ndarray] = {}
+        out: dict[int, Row] = {}
         for b in range(len(walk.seqs)):
             if b in asked:
-                out[b] = torch.log_softmax(rows[b][-1].float(), dim=-1).cpu().numpy()
+                out[b] = _row(rows[b][-1])
                 walk.seqs[b] = list(asked[b])
                 walk.rows[b] = out[b]
             else:
@@ -846,13 +759,8 @@ class HFMember:
             kv.append((k[:, :, :base], v[:, :, :base]))
         return kv
 
-    def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
-        with self._lock, torch.inference_mode():
-            row = self._row_after(context)
-        return [float(row[t]) for t in token_ids]
-
     def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
-        with self._lock, torch.inference_mode():
+        with self._guard():
             return self._score(requests)
 
     def _score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
@@ -895,7 +803,7 @@ class HFMember:
         for r, cont in enumerate(conts):
             if starts[r] < 0:
                 assert first_row is not None
-                lps[r].append(float(first_row[cont[0]]))
+                lps[r].append(first_row.logprob(cont[0]))
         # No forward only to read the rows after one-token candidates that first_row already scored.
         if any(len(s) > through_last for s in suffixes):
             self._score_batched(base, suffixes, starts, conts, lps, through_last)
@@ -929,16 +837,16 @@ class HFMember:
             past = _expanded(kv, len(group))
             logits = self._forward(ids, past, base, self._keep_for(wanted, width))
             self.stats.tokens_evaluated += sum(len(suffixes[r]) for r in group)
-            after: list[np.ndarray] = []
+            after: list[Row | None] = []
             for r, rows, want in zip(group, self._rows_of(logits, wanted, width), wanted, strict=True):
                 scored = len(want) - through_last
                 if scored:
                     lps[r].extend(self._gather(rows[:scored], conts[r][len(conts[r]) - scored :]))
                 if through_last:
-                    after.append(torch.log_softmax(rows[-1].float(), dim=-1).cpu().numpy())
+                    after.append(_row(rows[-1]))
             if through_last and len(groups) == 1:
                 seqs = [self._cache[:base] + suffixes[r] for r in group]
-                canonical = min(self._canonical, base - base % _CHUNK)
+                canonical = min(self._canonical, base - base % CHUNK)
                 self._keep_batch(_Batch(past, seqs, list(after), base, canonical, base + width))
 
     def _groups(self, batch: list[int], base: int, suffixes: list[list[int]], per_token: int) -> Iterator[list[int]]:
@@ -997,13 +905,15 @@ class HFMember:
             pass
 
 
-def _top_k(row: np.ndarray, k: int) -> TopK:
-    k = max(1, min(k, row.shape[0]))
-    idx = np.argpartition(-row, k - 1)[:k]
-    # Sort by log-probability, then by id, so equal values give the same order on every run.
-    order = np.lexsort((idx, -row[idx]))
-    top = idx[order]
-    return TopK(tuple(int(t) for t in top), tuple(float(row[t]) for t in top))
+def _row(logits: Any) -> Row:
+    """The kept row of one position's logits: float32 log-probabilities on the CPU."""
+    return Row(torch.log_softmax(logits.float(), dim=-1).cpu().numpy())
+
+
+@contextlib.contextmanager
+def _locked_inference(lock: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+    with lock, torch.inference_mode():
+        yield
 
 
 def _layer_kv(cache: Any) -> list[tuple[Any, Any]]:

@@ -3,7 +3,9 @@
 The high-level ``Llama`` class keeps logits for every position only with ``logits_all=True`` (n_ctx x vocab
 floats: about 1 GiB per 1k tokens for Gemma's 262k vocabulary). Driving ``llama_decode`` directly lets us ask for
 logits only where a decision needs them, keep the KV cache as a token list we can roll back to any prefix, and
-remember the few distributions we will ask for again (branching returns to the same context B times).
+remember the few distributions we will ask for again (branching returns to the same context B times). The
+chunked prefix cache itself is shared with the transformers backend (``prefix_cache``); this module supplies its
+hooks on llama.cpp's KV sequence.
 """
 
 from __future__ import annotations
@@ -12,14 +14,14 @@ import ctypes
 import math
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, TopK, common_prefix_len
-from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError, PromptError
+from adafuse.backends.base import MemberStats, common_prefix_len
+from adafuse.backends.prefix_cache import CHUNK, PrefixCachedMember, Row, chunks
+from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError
 
 try:
     import llama_cpp
@@ -28,13 +30,6 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 _init_lock = threading.Lock()
 _initialised = False
-_ROWS_KEPT = 16
-# Finished evidence reads remembered per member: one per few-shot prompt in use is all a task needs.
-_EVIDENCE_KEPT = 32
-# Prompts are decoded in chunks whose boundaries sit at fixed positions. llama.cpp's numbers for a token depend
-# on the batch it was decoded in, so a prompt must always be cut the same way, whatever ran before, for the same
-# request to give the same answer byte for byte (see ``prefill``).
-_CHUNK = 64
 # KV cells a context starts with; it grows by doubling up to the member's window (``LlamaCppMember._grow``).
 _INITIAL_CTX = 512
 # Rows of an evidence chunk normalised together (``_row_logsumexp``): 4 x 262k floats is 4 MiB of scratch.
@@ -73,6 +68,12 @@ def _logsumexp(row: np.ndarray) -> float:
     return m + float(np.log(np.exp(row - m).sum()))
 
 
+def _row(logits: np.ndarray) -> Row:
+    """A kept row: a copy of llama.cpp's logits (its buffer is overwritten by the next decode) and their lse."""
+    values = logits.copy()
+    return Row(values, _logsumexp(values))
+
+
 def _row_logsumexp(rows: np.ndarray, block: int = _LSE_BLOCK) -> np.ndarray:
     """log-sum-exp of every row of a chunk's logits, ``block`` rows at a time in one reused buffer.
 
@@ -91,7 +92,7 @@ def _row_logsumexp(rows: np.ndarray, block: int = _LSE_BLOCK) -> np.ndarray:
     return out
 
 
-class LlamaCppMember:
+class LlamaCppMember(PrefixCachedMember):
     """A GGUF model run in-process by llama.cpp, with a rollback-able prefix cache on one KV sequence."""
 
     def __init__(
@@ -100,8 +101,9 @@ class LlamaCppMember:
         name: str | None = None,
         n_ctx: int = 4096,
         n_threads: int | None = None,
-        n_batch: int = _CHUNK,
+        n_batch: int = CHUNK,
     ) -> None:
+        super().__init__()
         _init_backend()
         self.path = Path(path)
         self.name = name or self.path.stem
@@ -120,10 +122,10 @@ class LlamaCppMember:
         self.concurrent = threads < (os.cpu_count() or 1) and not os.environ.get("XSEQ")
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_batch = n_batch
-        # Prompts are decoded in _CHUNK-token calls and everything else one token at a time, so llama.cpp's
+        # Prompts are decoded in CHUNK-token calls and everything else one token at a time, so llama.cpp's
         # compute buffers (sized by the micro-batch) need not be larger. The saving is small for these models
         # (benchmarks/memory.py) and the numbers are unchanged: no call ever held more than one chunk.
-        cparams.n_ubatch = min(n_batch, _CHUNK)
+        cparams.n_ubatch = min(n_batch, CHUNK)
         cparams.n_seq_max = 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
@@ -152,18 +154,8 @@ class LlamaCppMember:
         self._eos = llama_cpp.llama_vocab_eos(self._vocab)
         self._bos = llama_cpp.llama_vocab_bos(self._vocab)
         self._piece_cache: dict[int, bytes] = {}
-        # Token ids held in KV sequence 0, and the next-token logits we still hold, by position.
-        self._cache: list[int] = []
         # log P(cache[i] | cache[:i]) where a prompt was decoded with every row kept (``evidence``), else NaN.
         self._lp: list[float] = []
-        # How many leading cached tokens were decoded in whole, aligned chunks on such chunks: the only part a
-        # later request may reuse, since a fresh member decodes a prompt that way (tokens decoded one by one, as
-        # a generation is, give other numbers, so a conversation's next turn must not reuse them).
-        self._canonical = 0
-        # Finished evidence reads by their context (``evidence``).
-        self._evidence: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
-        self._rows: OrderedDict[int, tuple[np.ndarray, float]] = OrderedDict()
-        self._lock = threading.Lock()
         self._closed = False
 
     # -- tokenizer ---------------------------------------------------------------------------------------------
@@ -203,24 +195,19 @@ class LlamaCppMember:
             return ""
         return llama_cpp.llama_vocab_get_text(self._vocab, tok).decode("utf-8", errors="replace")
 
-    # -- cache ---------------------------------------------------------------------------------------------------
+    # -- cache hooks -------------------------------------------------------------------------------------------
 
-    def _decode(self, tokens: Sequence[int], start: int) -> None:
-        """Evaluate ``tokens`` at positions ``start...`` and remember the next-token row after the last one."""
-        if start + len(tokens) > self.n_ctx:
-            raise PromptError(
-                f"member {self.name!r}: context of {start + len(tokens)} tokens exceeds its window of {self.n_ctx}"
-            )
-        lo = 0
-        while lo < len(tokens):
-            pos = start + lo
-            chunk = tokens[lo : lo + (_CHUNK - pos % _CHUNK)]
-            self._decode_chunk(chunk, pos, every_row=False, last_row=lo + len(chunk) == len(tokens))
-            self._cache.extend(chunk)
-            self._lp.extend([math.nan] * len(chunk))
-            lo += len(chunk)
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
-        self._remember(start + len(tokens) - 1, np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
+    def _forward_chunk(self, chunk: list[int], pos: int, last_row: bool) -> Row | None:
+        self._decode_chunk(chunk, pos, every_row=False, last_row=last_row)
+        self._lp.extend([math.nan] * len(chunk))
+        if not last_row:
+            return None
+        return _row(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,)))
+
+    def _crop(self, n: int) -> bool:
+        llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
+        del self._lp[n:]
+        return True
 
     def _new_context(self, size: int) -> ctypes.c_void_p | None:
         self._cparams.n_ctx = size
@@ -279,111 +266,41 @@ class LlamaCppMember:
         if rc != 0:
             self._reset()
             raise MemberError(self.name, f"llama_decode failed with code {rc}")
-        if pos == self._canonical and len(chunk) == _CHUNK:
-            self._canonical += _CHUNK
 
     def _reset(self) -> None:
         llama_cpp.llama_memory_clear(self._mem, True)
-        self._cache.clear()
         self._lp.clear()
-        self._rows.clear()
-        self._canonical = 0
-
-    def _truncate(self, n: int) -> None:
-        if n < len(self._cache):
-            llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
-            del self._cache[n:]
-            del self._lp[n:]
-            self._canonical = min(self._canonical, n - n % _CHUNK)
-            # A row at position p depends on tokens 0..p only.
-            for pos in [p for p in self._rows if p >= n]:
-                del self._rows[pos]
-
-    def _remember(self, pos: int, logits: np.ndarray) -> None:
-        row = logits.copy()
-        self._rows[pos] = (row, _logsumexp(row))
-        self._rows.move_to_end(pos)
-        while len(self._rows) > _ROWS_KEPT:
-            self._rows.popitem(last=False)
-
-    def _row_after(self, context: Sequence[int]) -> tuple[np.ndarray, float]:
-        """Next-token logits after ``context``, evaluating only what the cache does not already hold."""
-        if not context:
-            raise PromptError(f"member {self.name!r}: empty context")
-        n = len(context)
-        keep = common_prefix_len(self._cache, context)
-        if keep == n and (n - 1) in self._rows:
-            # Cached tokens beyond the context stay: the next call may walk on along the same path.
-            self.stats.tokens_reused += n
-            self._rows.move_to_end(n - 1)
-            return self._rows[n - 1]
-        keep = min(keep, n - 1)
-        self._truncate(keep)
-        self.stats.tokens_reused += keep
-        self._decode(list(context[keep:]), keep)
-        return self._rows[n - 1]
+        self._forget()
 
     # -- primitives --------------------------------------------------------------------------------------------
 
-    def prefill(self, context: Sequence[int]) -> None:
-        """Start of a request: reuse only whole canonical chunks of a cached prefix, so nothing depends on history.
-
-        A shared few-shot prompt is still decoded once; the rest of the prompt is decoded from the last chunk
-        boundary, exactly as it would be on a fresh member.
-        """
-        with self._lock:
-            self._rows.clear()
-            n = len(context)
-            keep = min(common_prefix_len(self._cache, context), n - 1, self._canonical)
-            keep -= keep % _CHUNK
-            self._truncate(keep)
-            self.stats.tokens_reused += keep
-            self._decode(list(context[keep:]), keep)
-
-    def evidence(self, context: Sequence[int]) -> list[float] | None:
-        """log P(context[t] | context[:t]) for every t >= 1; see ``Member.evidence``.
-
-        The context is decoded in the chunks ``prefill`` uses, with every row kept. Rows of whole chunks are the
+    def _compute_evidence(self, context: Sequence[int]) -> list[float]:
+        """The context is decoded in the chunks ``prefill`` uses, with every row kept. Rows of whole chunks are the
         same whatever ran before, so they are remembered with the cache (``_lp``) and reused by a later read that
         shares them; a trailing part chunk is decoded afresh each time (its numbers depend on where it ends).
-        Whole reads are remembered by their context: a task's few-shot part is read once.
         """
         n = len(context)
-        if n == 0:
-            raise PromptError(f"member {self.name!r}: empty context")
-        key = tuple(context)
-        with self._lock:
-            if key in self._evidence:
-                self._evidence.move_to_end(key)
-                return list(self._evidence[key])
-            held = common_prefix_len(self._cache, context)
-            start = min(held, n, self._canonical)
-            start -= start % _CHUNK
-            start = next((i - i % _CHUNK for i in range(1, min(start + 1, held)) if math.isnan(self._lp[i])), start)
-            if start < n:
-                # The first re-read token's log-probability comes from the row before it: known, or read again.
-                while start > 0 and (start >= held or math.isnan(self._lp[start])):
-                    start -= _CHUNK
-                first = self._lp[start] if start > 0 else 0.0
-                self._truncate(start)
-                self._rows.clear()
-                self._decode_keeping_rows(list(context[start:]), start, first)
-            out = [float(x) for x in self._lp[1:n]]
-            self._evidence[key] = out
-            while len(self._evidence) > _EVIDENCE_KEPT:
-                self._evidence.popitem(last=False)
-            return list(out)
+        held = common_prefix_len(self._cache, context)
+        start = min(held, n, self._canonical)
+        start -= start % CHUNK
+        start = next((i - i % CHUNK for i in range(1, min(start + 1, held)) if math.isnan(self._lp[i])), start)
+        if start < n:
+            # The first re-read token's log-probability comes from the row before it: known, or read again.
+            while start > 0 and (start >= held or math.isnan(self._lp[start])):
+                start -= CHUNK
+            first = self._lp[start] if start > 0 else 0.0
+            self._truncate(start)
+            self._rows.clear()
+            self._decode_keeping_rows(list(context[start:]), start, first)
+        return [float(x) for x in self._lp[1:n]]
 
     def _decode_keeping_rows(self, tokens: list[int], start: int, first: float) -> None:
-        """``_decode`` for a prompt, with the log-probability of every token it holds kept in ``_lp``.
+        """``_extend`` for a prompt, with the log-probability of every token it holds kept in ``_lp``.
 
         ``first`` is the log-probability of ``tokens[0]``, whose row comes before this walk.
         """
-        lo = 0
         prev: tuple[np.ndarray, float] | None = None
-        while lo < len(tokens):
-            pos = start + lo
-            chunk = tokens[lo : lo + (_CHUNK - pos % _CHUNK)]
+        for pos, chunk in chunks(tokens, start):
             self._decode_chunk(chunk, pos, every_row=True, last_row=True)
             rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(len(chunk), self.n_vocab))
             lse = _row_logsumexp(rows)
@@ -395,28 +312,12 @@ class LlamaCppMember:
                     self._lp.append(float(prev[0][tok] - prev[1]))
                 else:
                     self._lp.append(first)
-                self._cache.append(tok)
+            self._took(chunk, pos)
             prev = (rows[-1].copy(), float(lse[-1]))
-            self._remember(pos + len(chunk) - 1, rows[-1])
-            lo += len(chunk)
-
-    def next_token(self, context: Sequence[int], k: int) -> TopK:
-        with self._lock:
-            logits, lse = self._row_after(context)
-        k = min(k, self.n_vocab)
-        idx = np.argpartition(-logits, k - 1)[:k]
-        # Sort by logit, then by id, so equal logits give the same order on every run.
-        order = np.lexsort((idx, -logits[idx]))
-        top = idx[order]
-        return TopK(tuple(int(t) for t in top), tuple(float(logits[t] - lse) for t in top))
-
-    def logprobs_of(self, context: Sequence[int], token_ids: Sequence[int]) -> list[float]:
-        with self._lock:
-            logits, lse = self._row_after(context)
-        return [float(logits[t] - lse) for t in token_ids]
+            self._remember(pos + len(chunk) - 1, _row(rows[-1]))
 
     def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
-        with self._lock:
+        with self._guard():
             return [self._score_one(context, cont) if cont else [] for context, cont in requests]
 
     def _score_one(self, context: Sequence[int], cont: Sequence[int]) -> list[float]:
@@ -428,8 +329,7 @@ class LlamaCppMember:
         ids = list(context)
         lps: list[float] = []
         for tok in cont:
-            logits, lse = self._row_after(ids)
-            lps.append(float(logits[tok] - lse))
+            lps.append(self._row_after(ids).logprob(tok))
             ids.append(tok)
         return lps
 

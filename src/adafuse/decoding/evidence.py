@@ -36,7 +36,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from adafuse.backends.base import ReadsEvidence
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
 
@@ -144,8 +143,7 @@ def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | No
     def read(i: int) -> list[float] | None:
         state.check()
         t = toks[i]
-        member = state.views[i].member
-        return member.evidence(t.ids[: t.answer_tokens()]) if isinstance(member, ReadsEvidence) else None
+        return state.views[i].member.evidence(t.ids[: t.answer_tokens()])
 
     found = dict(zip(state.active, map_active(state, read), strict=True))
     if any(lp is None for lp in found.values()):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from adafuse.backends.base import MayRunConcurrently, Member
+from adafuse.backends.base import runs_concurrently
 from adafuse.decoding.state import DecodeState
 
 T = TypeVar("T")
@@ -23,10 +23,6 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def _concurrent(member: Member) -> bool:
-    return isinstance(member, MayRunConcurrently) and bool(member.concurrent)
-
-
 def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
     """``[fn(i) for i in state.active]``, with members that declare ``concurrent`` run in worker threads.
 
@@ -39,7 +35,7 @@ def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
     timing.
     """
     members = list(state.active)
-    concurrent = [i for i in members if _concurrent(state.views[i].member)]
+    concurrent = [i for i in members if runs_concurrently(state.views[i].member)]
     if len(members) < 2 or not concurrent:
         return [fn(i) for i in members]
     futures: dict[int, Future[T]] = {i: _pool().submit(fn, i) for i in concurrent}

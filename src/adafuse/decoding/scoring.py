@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adafuse.backends.base import ListsVocabulary, common_prefix_len, tokens_starting_with
+from adafuse.backends.base import FullVocabulary, common_prefix_len, tokens_starting_with
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState, MemberView
 from adafuse.errors import MemberError
@@ -165,7 +165,7 @@ def _prefix_mass(view: MemberView, context: list[int], token: int, known: dict[i
     member = view.member
     text = member.token_bytes(token)
     extending = tokens_starting_with(member, text)
-    if extending is not None and isinstance(member, ListsVocabulary):
+    if extending is not None and isinstance(member, FullVocabulary):
         return float(np.logaddexp.reduce(member.logprobs_of(context, extending)))
     top = member.next_token(context, HEAL_TOP_K)
     pool = dict(zip(top.ids, top.logprobs, strict=True))

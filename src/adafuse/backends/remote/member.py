@@ -1,4 +1,5 @@
-"""A member served by an OpenAI-compatible engine over HTTP (llama-cpp-python's server, vLLM).
+"""A member served by an OpenAI-compatible engine over HTTP (llama-cpp-python's server, vLLM), on top of
+``client.EngineClient`` (the HTTP calls, the engine's tokenizer and its capabilities).
 
 Spec: ``http://HOST:PORT/v1[?key=value&...][#model]``. Query keys: ``name``, ``timeout`` (seconds per request),
 ``retries``, ``concurrency`` (requests in flight to this engine), ``prefetch`` (greedy tokens fetched per request),
@@ -33,58 +34,28 @@ Start the server with ``--flash_attn true`` to get the same numbers as a local m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
-import random
 import threading
-import time
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from adafuse.backends.base import MemberStats, Step, TopK, common_prefix_len
+from adafuse.backends.base import MemberStats, Step, TopK, Until, common_prefix_len
+from adafuse.backends.remote.client import BIAS, EngineClient, ids_digest, one_line, trim
 from adafuse.errors import ConfigError, MemberError, ModelLoadError, PromptError
 
 log = logging.getLogger(__name__)
 
-#: Texts of end-of-generation tokens across model families, most likely "the" end token first. llama.cpp marks
-#: the same texts as end-of-generation; each one found in the served vocabulary is confirmed on the engine.
-EOG_TEXTS = (
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<end_of_turn>",
-    "<|end|>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "</s>",
-    "<eos>",
-    "<｜end▁of▁sentence｜>",
-    "<|eom_id|>",
-    "<|return|>",
-    "<EOT>",
-    "<end_of_utterance>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-    "<reponame>",
-    "<fim-pad>",
-    "<filename>",
-)
 #: Fixed sentence for the start-up self-test: plain ASCII, so every engine tokenises it the same way every time.
 SELF_TEST_TEXT = "The capital of France is Paris, of Italy Rome."
-_BIAS = 100.0  # logit_bias that forces (or, negated, forbids) a token: far beyond any logit gap
 _MIN_K = 10  # rows are fetched with at least this many entries, so later calls with a smaller k hit the cache
-_WIDE_K = 100  # a second look for a token (an end token) that cannot be forced
 _ROWS_KEPT = 4096
 _PATHS_KEPT = 64
-_KNOWN_KEPT = 256
 
 
 class _Inexpressible(Exception):
@@ -112,33 +83,6 @@ class _Meta:
     bos_text: str = ""
     eos_text: str = ""
     eog: frozenset[int] = frozenset()
-
-
-def _digest(ids: Sequence[int]) -> bytes:
-    return hashlib.blake2b(array("q", ids).tobytes(), digest_size=16).digest()
-
-
-def _one_line(text: object, limit: int = 300) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _error_message(resp: httpx.Response) -> str:
-    try:
-        body = resp.json()
-    except ValueError:
-        return _one_line(resp.text or resp.reason_phrase)
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return _one_line(err["message"])
-        if isinstance(err, str):
-            return _one_line(err)
-        if "detail" in body:
-            return _one_line(body["detail"])
-        if "message" in body:
-            return _one_line(body["message"])
-    return _one_line(body)
 
 
 class RemoteMember:
@@ -173,37 +117,31 @@ class RemoteMember:
         self.prefetch = int(prefetch if prefetch is not None else _num(opts, "prefetch", 4, int))
         if self.timeout <= 0 or self.retries < 0 or self.concurrency < 1 or self.prefetch < 1:
             raise ConfigError(f"{spec!r}: timeout must be > 0, retries >= 0, concurrency >= 1, prefetch >= 1")
-        self.backoff = backoff
         path = parts.path.rstrip("/")
         root_path = path[: -len("/v1")] if path.endswith("/v1") else path
-        self.base_url = f"{parts.scheme}://{parts.netloc}{root_path}"
-        self.api = "/v1"
-        self.model: str | None = parts.fragment or None
+        model = parts.fragment or None
         #: members always run remote requests off the decoding thread (see decoding.failure.map_active).
         self.concurrent = True
         self.stats = MemberStats()
         #: requests whose context could not be sent exactly (text-only engines); see ``_Row.approximate``.
         self.approximate_requests = 0
-        self.name = name or opts.get("name") or (self.model.rsplit("/", 1)[-1] if self.model else parts.netloc)
-        self._sem = threading.BoundedSemaphore(self.concurrency)
-        self._lock = threading.RLock()
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
-            trust_env=False,  # a proxy from the environment must not sit between us and a loopback engine
+        self._engine = EngineClient(
+            f"{parts.scheme}://{parts.netloc}{root_path}",
+            model,
+            name or opts.get("name") or (model.rsplit("/", 1)[-1] if model else parts.netloc),
+            self.stats,
+            timeout=self.timeout,
+            retries=self.retries,
+            concurrency=self.concurrency,
+            backoff=backoff,
         )
+        self.n_ctx = n_ctx
+        self._lock = threading.RLock()
         self._rows: OrderedDict[bytes, _Row] = OrderedDict()
         self._paths: OrderedDict[bytes, tuple[list[int], list[int]]] = OrderedDict()
-        self._known: OrderedDict[bytes, tuple[list[int], bytes]] = OrderedDict()
-        self._canonical: OrderedDict[bytes, bool] = OrderedDict()
-        self._tok_cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._bytes: dict[int, bytes] = {}
         self._strings: dict[str, int | None] = {}
-        self._server_seq: list[int] = []
         self._warned = False
-        self._closed = False
-        self._eos_text_guess = ""
         try:
             self._start(n_ctx, gguf or opts.get("gguf") or None, chat_template)
             run_test = self_test if self_test is not None else opts.get("self_test", "1") not in ("0", "false")
@@ -211,171 +149,69 @@ class RemoteMember:
                 self._self_test()
         except (MemberError, httpx.HTTPError) as exc:
             self.close()
-            raise ModelLoadError(f"remote member {self.name!r} at {self.base_url}: {_one_line(exc)}") from None
+            raise ModelLoadError(f"remote member {self.name!r} at {self.base_url}: {one_line(exc)}") from None
         except BaseException:
             self.close()
             raise
 
     # -- start-up --------------------------------------------------------------------------------------------------
 
+    @property
+    def name(self) -> str:
+        return self._engine.name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._engine.name = value
+
+    @property
+    def base_url(self) -> str:
+        return self._engine.base_url
+
+    @property
+    def model(self) -> str | None:
+        return self._engine.model
+
     def _start(self, n_ctx: int, gguf: str | None, chat_template: str | None) -> None:
-        """Health, model, tokenizer dialect, capabilities, special tokens."""
-        models = self._request("GET", f"{self.api}/models", None, what="GET /v1/models (health check)")
-        ids = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)] if isinstance(models, dict) else []
-        if not ids:
-            raise MemberError(self.name, f"{self.base_url}{self.api}/models lists no model")
-        if self.model is None:
-            self.model = ids[0]
-            if self.name == urlsplit(self.base_url).netloc:
-                self.name = Path(str(ids[0])).stem or self.name
-        elif self.model not in ids:
-            raise MemberError(self.name, f"the engine serves {ids}, not {self.model!r}")
-        max_len = next((m.get("max_model_len") for m in models["data"] if m.get("id") == self.model), None)
-        self.n_ctx = min(n_ctx, int(max_len)) if isinstance(max_len, int) and max_len > 0 else n_ctx
-        with contextlib.suppress(MemberError):
-            # vLLM and llama.cpp's server answer /health; llama-cpp-python's does not, and /v1/models sufficed.
-            self._request("GET", "/health", None, what="GET /health", retry=False, quiet_404=True)
-        self.dialect = self._detect_dialect()
-        self.capabilities: dict[str, Any] = {"tokenizer": self.dialect}
-        empty = self._tokenize_remote("")
-        self._add_bos = len(empty) == 1
-        probe = self._tokenize_remote("a", bos=False)
-        if not probe:
-            raise MemberError(self.name, "the engine tokenises 'a' to nothing")
-        self._prefix_id = probe[-1]
-        self._prefix_text = self._detokenize([self._prefix_id])
-        self.token_ids_prompt = self._probe_id_prompts()
-        self.capabilities["token_id_prompts"] = self.token_ids_prompt
-        self._ids_keys = self._probe_id_keys()
-        self.capabilities["top_logprobs_keys"] = "ids" if self._ids_keys else "text"
-        self.max_logprobs = self._probe_max_logprobs()
-        self.capabilities["max_logprobs"] = self.max_logprobs
-        self.capabilities["echo_logprobs"] = self._probe_echo()
-        self.capabilities["prompt_logprobs"] = self._probe_prompt_logprobs()
+        """The engine's health and capabilities, then the special tokens (from ``gguf`` if given) and forcing."""
+        self.n_ctx = self._engine.start(n_ctx)
+        self.capabilities = self._engine.capabilities
         meta = _gguf_meta(gguf) if gguf else None
         if meta is not None:
             self._check_same_tokenizer(gguf or "")
-        self._eog = self._probe_eog() if meta is None else set(meta.eog)
+        eos_guess = ""
+        if meta is None:
+            self._eog, eos_guess = self._engine.probe_eog()
+        else:
+            self._eog = set(meta.eog)
         self.capabilities["eog"] = sorted(self._eog)
-        self._bos = empty[0] if self._add_bos else (meta.bos_id if meta else None)
+        self._bos = self._engine.bos if self._engine.add_bos else (meta.bos_id if meta else None)
         if meta is not None and meta.eos_id is not None:
             self._eos = meta.eos_id
         else:
-            self._eos = self._pick_eos()
+            self._eos = self._pick_eos(eos_guess)
         self.chat_template = chat_template if chat_template is not None else (meta.chat_template if meta else None)
         self._bos_text = meta.bos_text if meta else ""
-        self._eos_text = meta.eos_text if meta else self._eos_text_guess
+        self._eos_text = meta.eos_text if meta else eos_guess
         self._check_forcing()
 
-    def _detect_dialect(self) -> str:
-        for dialect, path, body in (
-            ("vllm", "/tokenize", {"model": self.model, "prompt": "a"}),
-            ("llama-cpp-python", "/extras/tokenize", {"input": "a", "model": self.model}),
-        ):
-            try:
-                got = self._request("POST", path, body, what=f"POST {path}", retry=False, quiet_404=True)
-            except MemberError:
-                continue
-            if isinstance(got, dict) and isinstance(got.get("tokens"), list):
-                return dialect
-        raise MemberError(
-            self.name,
-            "the engine has no tokenizer endpoint (tried /tokenize and /extras/tokenize); a member needs its "
-            "model's tokenizer, so this engine cannot take part",
-        )
-
-    def _probe_id_prompts(self) -> bool:
-        ids = self._tokenize_remote("Hello", remember=True)
-        try:
-            got = self._request(
-                "POST",
-                f"{self.api}/completions",
-                self._body(ids, 1, 1),
-                what="token-id prompt probe",
-                retry=False,
-                quiet_4xx=True,
-            )
-        except MemberError:
-            return False
-        return isinstance(got, dict) and bool(got.get("choices"))
-
-    def _probe_id_keys(self) -> bool:
-        resp = self._complete(
-            self._tokenize_remote("Hello", remember=True), 1, 2, extra={"return_tokens_as_token_ids": True}
-        )
-        tops = (resp["choices"][0].get("logprobs") or {}).get("top_logprobs") or []
-        if not tops or not tops[0]:
-            raise MemberError(
-                self.name,
-                "the engine returns no log-probabilities (llama-cpp-python: start the server with --logits_all true)",
-            )
-        return all(str(key).startswith("token_id:") for key in tops[0])
-
-    def _probe_max_logprobs(self) -> int:
-        best = 2
-        for k in (20, _WIDE_K):
-            try:
-                self._complete(self._tokenize_remote("Hello", remember=True), 1, k, quiet_4xx=True)
-            except MemberError:
-                break
-            best = k
-        return best
-
-    def _probe_echo(self) -> bool:
-        ids = self._tokenize_remote("Hello there", remember=True)
-        try:
-            resp = self._complete(ids, 1, 0, extra={"echo": True}, quiet_4xx=True)
-        except MemberError:
-            return False
-        lps = (resp["choices"][0].get("logprobs") or {}).get("token_logprobs") or []
-        return len(lps) >= len(ids) - (1 if self._add_bos else 0)
-
-    def _probe_prompt_logprobs(self) -> bool:
-        try:
-            resp = self._complete(
-                self._tokenize_remote("Hello there", remember=True), 1, 1, extra={"prompt_logprobs": 1}, quiet_4xx=True
-            )
-        except MemberError:
-            return False
-        choice = resp["choices"][0]
-        return bool(choice.get("prompt_logprobs") or resp.get("prompt_logprobs"))
-
-    def _probe_eog(self) -> set[int]:
-        """End tokens: each known end text that is one token here and stops generation when forced."""
-        found: set[int] = set()
-        self._eos_text_guess = ""
-        start = self._tokenize_remote("Hello", remember=True)
-        for text in EOG_TEXTS:
-            ids = self._tokenize_remote(text, bos=False)
-            if len(ids) != 1 or ids[0] in found or self._detokenize([ids[0]]) not in ("", text):
-                continue
-            resp = self._complete(start, 2, None, bias={ids[0]: _BIAS})
-            choice = resp["choices"][0]
-            usage = resp.get("usage") or {}
-            # An end token ends the generation before it is emitted: nothing comes back, finish_reason "stop".
-            if choice.get("finish_reason") == "stop" and not choice.get("text") and not usage.get("completion_tokens"):
-                found.add(ids[0])
-                if not self._eos_text_guess:
-                    self._eos_text_guess = text
-        return found
-
-    def _pick_eos(self) -> int:
-        if self._eos_text_guess:
-            return self._tokenize_remote(self._eos_text_guess, bos=False)[0]
+    def _pick_eos(self, guess: str) -> int:
+        if guess:
+            return self._engine.tokenize(guess, bos=False)[0]
         return min(self._eog) if self._eog else -1
 
     def _check_same_tokenizer(self, gguf: str) -> None:
         from adafuse.backends.llamacpp import LlamaCppMember  # noqa: F401  (fails early without llama-cpp-python)
 
         local = _gguf_tokenize(gguf, SELF_TEST_TEXT)
-        remote = self._tokenize_remote(SELF_TEST_TEXT)
+        remote = self._engine.tokenize(SELF_TEST_TEXT)
         if local != remote:
             raise MemberError(self.name, f"gguf={gguf!r} does not have the served model's tokenizer")
 
     def _check_forcing(self) -> None:
-        ids = self._tokenize_remote("Hello", remember=True)
-        target = self._tokenize_remote(" world", bos=False)[-1]
-        resp = self._complete(ids, 1, 1, bias={target: _BIAS})
+        ids = self._engine.tokenize("Hello", remember=True)
+        target = self._engine.tokenize(" world", bos=False)[-1]
+        resp = self._complete(ids, 1, 1, bias={target: BIAS})
         got = self._chosen_ids(resp, ids)
         if got[:1] != [target]:
             raise MemberError(self.name, "the engine ignores logit_bias, which scoring needs")
@@ -383,17 +219,17 @@ class RemoteMember:
 
     def _self_test(self) -> None:
         """Scored log-probabilities of a fixed sentence must agree with step-by-step next-token ones."""
-        ids = self._tokenize_remote(SELF_TEST_TEXT, remember=True)
-        cut = 3 if not self._add_bos else 4
+        ids = self._engine.tokenize(SELF_TEST_TEXT, remember=True)
+        cut = 3 if not self._engine.add_bos else 4
         if len(ids) <= cut + 2:
             raise MemberError(self.name, "self-test sentence is too short in this tokenizer")
         context, cont = ids[:cut], ids[cut:]
-        if self.token_bytes_join(ids[1 if self._add_bos else 0 :]) != SELF_TEST_TEXT.encode():
+        if self.token_bytes_join(ids[1 if self._engine.add_bos else 0 :]) != SELF_TEST_TEXT.encode():
             raise MemberError(self.name, "self-test: the token pieces do not spell the text they were made from")
         scored = self.score([(context, cont)])[0]
         stepwise = []
         for i, tok in enumerate(cont):
-            resp = self._complete(context + cont[:i], 1, 1, bias={tok: _BIAS})
+            resp = self._complete(context + cont[:i], 1, 1, bias={tok: BIAS})
             chosen = self._chosen_ids(resp, context + cont[:i])
             if chosen[:1] != [tok]:
                 raise MemberError(self.name, f"self-test: forced token {tok} came back as {chosen[:1]}")
@@ -411,94 +247,7 @@ class RemoteMember:
             self._rows.clear()
             self._paths.clear()
 
-    # -- HTTP ------------------------------------------------------------------------------------------------------
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        *,
-        what: str,
-        retry: bool = True,
-        quiet_404: bool = False,
-        quiet_4xx: bool = False,
-    ) -> Any:
-        """One JSON call; retried with exponential backoff on connect errors, timeouts, 408, 429 and 5xx only."""
-        if self._closed:
-            raise MemberError(self.name, "the member is closed")
-        attempts = 1 + (self.retries if retry else 0)
-        problem = ""
-        tried = 0
-        for attempt in range(attempts):
-            tried += 1
-            if attempt:
-                delay = min(self.backoff * 2 ** (attempt - 1), 8.0)
-                time.sleep(delay * (1 + 0.1 * random.random()))
-            try:
-                with self._sem:
-                    resp = self._client.request(method, path, json=body)
-            except httpx.TimeoutException:
-                problem = f"no answer within {self.timeout:g}s"
-                continue
-            except httpx.ConnectError as exc:
-                problem = f"cannot connect ({_one_line(exc, 120) or 'connection refused'})"
-                continue
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                problem = f"connection lost ({_one_line(exc, 120) or type(exc).__name__})"
-                continue
-            except httpx.HTTPError as exc:
-                raise MemberError(self.name, f"{what}: {_one_line(exc)}") from None
-            code = resp.status_code
-            if code in (408, 429) or code >= 500:
-                message = _error_message(resp)
-                problem = f"HTTP {code}: {message}"
-                if "codec can't decode" in message:
-                    break  # llama-cpp-python cannot return a partial UTF-8 token as text; retrying will not help
-                if code == 429:
-                    with contextlib.suppress(ValueError, TypeError):
-                        time.sleep(min(float(resp.headers.get("retry-after", 0)), 8.0))
-                continue
-            if code >= 400:
-                if (quiet_404 and code == 404) or quiet_4xx:
-                    raise MemberError(self.name, f"{what}: HTTP {code}")
-                raise MemberError(self.name, f"{what} was refused with HTTP {code}: {_error_message(resp)}")
-            try:
-                return resp.json()
-            except ValueError:
-                raise MemberError(self.name, f"{what}: the engine answered with invalid JSON") from None
-        tries = f"{tried} attempt{'s' if tried > 1 else ''}"
-        raise MemberError(self.name, f"{what} at {self.base_url} failed after {tries}: {problem}")
-
-    def _body(
-        self,
-        prompt: str | list[int],
-        max_tokens: int,
-        logprobs: int | None,
-        bias: dict[int, float] | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            # Greedy and unpenalised: the engine must report the model, not a sampler.
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "top_k": 0 if self.dialect == "llama-cpp-python" else -1,
-            "min_p": 0.0,
-            "repeat_penalty": 1.0,
-            "repetition_penalty": 1.0,
-            "presence_penalty": 0.0,
-            "frequency_penalty": 0.0,
-            "seed": 0,
-            "stream": False,
-        }
-        if self.model is not None:
-            body["model"] = self.model
-        if logprobs is not None:
-            body["logprobs"] = logprobs
-        if bias:
-            body["logit_bias"] = {str(t): b for t, b in bias.items()}
-        return body
+    # -- requests ------------------------------------------------------------------------------------------------
 
     def _complete(
         self,
@@ -512,83 +261,16 @@ class RemoteMember:
         text: str | None = None,
     ) -> dict[str, Any]:
         """POST /v1/completions after exactly ``ids`` (or ``text`` when given: the caller checked it)."""
-        prompt: str | list[int]
-        if getattr(self, "token_ids_prompt", False):
-            prompt = list(ids)
-        else:
+        prompt: str | list[int] = list(ids)
+        if not self._engine.token_ids_prompt:
             prompt = text if text is not None else self._exact_text(ids)
-        body = self._body(prompt, max_tokens, logprobs, bias)
-        if self._ids_keys_ready():
-            body["return_tokens_as_token_ids"] = True
-        if extra:
-            body.update(extra)
-        resp = self._request("POST", f"{self.api}/completions", body, what="POST /v1/completions", quiet_4xx=quiet_4xx)
-        if not isinstance(resp, dict) or not resp.get("choices"):
-            raise MemberError(self.name, "the engine's completion has no choices")
-        self._count(ids, resp)
-        return resp
-
-    def _ids_keys_ready(self) -> bool:
-        return bool(getattr(self, "_ids_keys", False))
-
-    def _count(self, ids: Sequence[int], resp: dict[str, Any]) -> None:
-        """Cost counters; the engine's prefix cache is estimated from the last sequence we had it hold."""
-        usage = resp.get("usage") or {}
-        generated = int(usage.get("completion_tokens") or 0)
-        with self._lock:
-            keep = common_prefix_len(self._server_seq, ids)
-            self.stats.forward_calls += 1
-            self.stats.tokens_reused += keep
-            self.stats.tokens_evaluated += len(ids) - keep + generated
-            self._server_seq = list(ids)
+        return self._engine.complete(ids, prompt, max_tokens, logprobs, bias=bias, extra=extra, quiet_4xx=quiet_4xx)
 
     # -- tokenizer -------------------------------------------------------------------------------------------------
 
-    def _tokenize_remote(self, text: str, bos: bool = True, remember: bool = False) -> list[int]:
-        """The engine's ids for ``text``; ``remember``: a context-to-be, whose text later contexts extend."""
-        with self._lock:
-            cached = self._tok_cache.get(text)
-        if cached is None:
-            if self.dialect == "vllm":
-                body = {"model": self.model, "prompt": text, "add_special_tokens": True}
-                got = self._request("POST", "/tokenize", body, what="POST /tokenize")
-            else:
-                got = self._request("POST", "/extras/tokenize", {"input": text, "model": self.model}, what="tokenize")
-            toks = got.get("tokens") if isinstance(got, dict) else None
-            if not isinstance(toks, list) or not all(isinstance(t, int) for t in toks):
-                raise MemberError(self.name, "the engine's tokenize answer has no list of token ids")
-            cached = tuple(toks)
-            with self._lock:
-                self._tok_cache[text] = cached
-                _trim(self._tok_cache, 512)
-                key = _digest(cached)
-                self._canonical[key] = True
-                _trim(self._canonical, 8192)
-        if remember:
-            with self._lock:
-                key = _digest(cached)
-                self._known[key] = (list(cached), text.encode("utf-8"))
-                self._known.move_to_end(key)
-                _trim(self._known, _KNOWN_KEPT)
-        ids = list(cached)
-        if not bos and getattr(self, "_add_bos", False) and ids:
-            ids = ids[1:]
-        return ids
-
-    def _detokenize(self, ids: Sequence[int]) -> str:
-        if self.dialect == "vllm":
-            got = self._request("POST", "/detokenize", {"model": self.model, "tokens": list(ids)}, what="detokenize")
-            text = got.get("prompt") if isinstance(got, dict) else None
-        else:
-            got = self._request("POST", "/extras/detokenize", {"tokens": list(ids), "model": self.model}, what="detok")
-            text = got.get("text") if isinstance(got, dict) else None
-        if not isinstance(text, str):
-            raise MemberError(self.name, "the engine's detokenize answer has no text")
-        return text
-
     def tokenize(self, text: str, *, special: bool = False, bos: bool = True) -> list[int]:
         """The engine's tokenisation. Engines parse special-token text in prompts, so ``special`` has no effect."""
-        return self._tokenize_remote(text, bos=bos, remember=bos)
+        return self._engine.tokenize(text, bos=bos, remember=bos)
 
     def token_bytes(self, token_id: int) -> bytes:
         piece = self._bytes.get(token_id)
@@ -598,14 +280,14 @@ class RemoteMember:
             else:
                 # Detokenised after a known token: a SentencePiece engine drops a *leading* space otherwise.
                 try:
-                    text = self._detokenize([self._prefix_id, token_id])
+                    text = self._engine.detokenize([self._engine.prefix_id, token_id])
                 except MemberError as exc:
                     raise MemberError(
                         self.name, f"cannot read the text of token {token_id} (not valid UTF-8 on its own?): {exc}"
                     ) from None
-                if not text.startswith(self._prefix_text):
+                if not text.startswith(self._engine.prefix_text):
                     raise MemberError(self.name, f"detokenize of token {token_id} does not keep its prefix")
-                piece = text[len(self._prefix_text) :].encode("utf-8")
+                piece = text[len(self._engine.prefix_text) :].encode("utf-8")
             self._bytes[token_id] = piece
         return piece
 
@@ -627,11 +309,9 @@ class RemoteMember:
     def _text_of(self, ids: Sequence[int]) -> bytes | None:
         """The text whose tokenisation we took ``ids`` from, extended or cut by plain tokens; None if unknown."""
         ids = list(ids)
-        with self._lock:
-            hit = self._known.get(_digest(ids))
-            entries = list(reversed(self._known.values()))[:64]
+        hit, entries = self._engine.known_texts(ids)
         if hit is not None:
-            return hit[1]
+            return hit
         best: tuple[int, list[int], bytes] | None = None
         for seq, text in entries:
             n = common_prefix_len(seq, ids)
@@ -664,21 +344,7 @@ class RemoteMember:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        key = _digest(ids)
-        with self._lock:
-            known = self._canonical.get(key)
-        if known is None:
-            known = self._tokenize_remote(text) == list(ids)
-            with self._lock:
-                self._canonical[key] = known
-                _trim(self._canonical, 8192)
-        if known:
-            with self._lock:
-                # Remember the text: later contexts extend this one, and anchors must stay sendable.
-                self._known[key] = (list(ids), raw)
-                self._known.move_to_end(key)
-                _trim(self._known, _KNOWN_KEPT)
-        return text if known else None
+        return text if self._engine.spells(ids, text, raw) else None
 
     def _exact_text(self, ids: Sequence[int]) -> str:
         text = self._expressible(ids)
@@ -701,7 +367,7 @@ class RemoteMember:
         return out
 
     def _name_token(self, s: str) -> int | None:
-        if self._ids_keys_ready():
+        if self._engine.ids_keys:
             if s.startswith("token_id:"):
                 with contextlib.suppress(ValueError):
                     return int(s[len("token_id:") :])
@@ -710,7 +376,7 @@ class RemoteMember:
             return self._strings[s]
         tid: int | None = None
         if s:
-            ids = self._tokenize_remote(s, bos=False)
+            ids = self._engine.tokenize(s, bos=False)
             if len(ids) == 1:
                 try:
                     if self.token_bytes(ids[0]) == s.encode("utf-8"):
@@ -733,7 +399,7 @@ class RemoteMember:
         seen: set[int] = set()
         for lp, s in items:
             tid: int | None
-            if not self._ids_keys_ready() and s == "":
+            if not self._engine.ids_keys and s == "":
                 tid = None if (chosen == "" and chosen_lp == lp) or self._eos < 0 else self._eos
             else:
                 tid = self._name_token(s)
@@ -754,11 +420,11 @@ class RemoteMember:
         if room < 1:
             raise PromptError(f"member {self.name!r}: context of {len(start)} tokens fills its window of {self.n_ctx}")
         steps = max(1, min(steps, room))
-        bias = {t: -_BIAS for t in self._eog if t != force}
+        bias = {t: -BIAS for t in self._eog if t != force}
         if force is not None:
-            bias[force] = _BIAS
+            bias[force] = BIAS
             steps = 1  # a bias holds for every step: only the first token can be forced
-        resp = self._complete(start, steps, min(max(k, _MIN_K), self.max_logprobs), bias=bias, text=text)
+        resp = self._complete(start, steps, min(max(k, _MIN_K), self._engine.max_logprobs), bias=bias, text=text)
         lp = resp["choices"][0].get("logprobs") or {}
         strings = [str(s) for s in lp.get("tokens") or []]
         token_lps = lp.get("token_logprobs") or []
@@ -770,12 +436,12 @@ class RemoteMember:
             ctx_j = start + path[:j]
             chosen_lp = None if token_lps[j] is None else float(token_lps[j])
             top = self._resolve_top(tops[j] or {}, strings[j], chosen_lp)
-            row = _Row(min(max(k, _MIN_K), self.max_logprobs), top[: max(k, _MIN_K)], approximate=approximate)
+            row = _Row(min(max(k, _MIN_K), self._engine.max_logprobs), top[: max(k, _MIN_K)], approximate=approximate)
             for tid, value in top:
                 row.exact.setdefault(tid, value)
             if j < len(path) and chosen_lp is not None:
                 row.exact[path[j]] = chosen_lp
-            rows.append((_digest(ctx_j), row))
+            rows.append((ids_digest(ctx_j), row))
             if j >= len(path):
                 break  # the next context holds a token we could not name
         with self._lock:
@@ -789,12 +455,12 @@ class RemoteMember:
                     row = old
                 self._rows[key] = row
                 self._rows.move_to_end(key)
-            _trim(self._rows, _ROWS_KEPT)
+            trim(self._rows, _ROWS_KEPT)
             if force is None and not approximate and path:
-                key = _digest(start)
+                key = ids_digest(start)
                 self._paths[key] = (list(start), path)
                 self._paths.move_to_end(key)
-                _trim(self._paths, _PATHS_KEPT)
+                trim(self._paths, _PATHS_KEPT)
         return path
 
     def _anchor_for(self, ctx: list[int]) -> tuple[list[int], int, int] | None:
@@ -814,13 +480,13 @@ class RemoteMember:
         ctx = list(ctx)
         if not ctx:
             raise PromptError(f"member {self.name!r}: empty context")
-        k = min(max(k, 2), self.max_logprobs)
-        key = _digest(ctx)
+        k = min(max(k, 2), self._engine.max_logprobs)
+        key = ids_digest(ctx)
         with self._lock:
             row = self._rows.get(key)
             if row is not None:
                 self._rows.move_to_end(key)
-        if row is not None and (row.k >= k or row.k >= self.max_logprobs):
+        if row is not None and (row.k >= k or row.k >= self._engine.max_logprobs):
             return row
         ahead = max(want or self.prefetch, 1)
         anchor = self._anchor_for(ctx)
@@ -828,7 +494,7 @@ class RemoteMember:
             if anchor is not None and anchor[1] < anchor[2]:
                 # On a path we generated (the row was evicted or is too narrow): the engine re-writes its tokens.
                 self._generate(anchor[0], anchor[1] + ahead, k)
-            elif self.token_ids_prompt or self._expressible(ctx) is not None:
+            elif self._engine.token_ids_prompt or self._expressible(ctx) is not None:
                 self._generate(ctx, ahead, k)
             elif anchor is not None:
                 # Past the end of a path whose tokens are not the canonical spelling of their text: extend it.
@@ -876,7 +542,7 @@ class RemoteMember:
             return row.exact[token]
         if token in self._eog:
             # An end token cannot be forced (the engine stops before emitting it): look further down the list.
-            if row.k < self.max_logprobs:
+            if row.k < self._engine.max_logprobs:
                 row = self._row_wide(ctx)
                 if token in row.exact:
                     return row.exact[token]
@@ -884,7 +550,7 @@ class RemoteMember:
             # Below the last entry we can see: its value bounds the end token's from above.
             return min((lp for _, lp in row.top), default=-30.0)
         try:
-            text = None if self.token_ids_prompt else self._exact_text(ctx)
+            text = None if self._engine.token_ids_prompt else self._exact_text(ctx)
         except _Inexpressible:
             text = None
             raw = self._text_of(ctx)
@@ -894,16 +560,16 @@ class RemoteMember:
             text = raw.decode("utf-8", errors="replace")
         self._generate(ctx, 1, _MIN_K, force=token, text=text)
         with self._lock:
-            row = self._rows.get(_digest(ctx))
+            row = self._rows.get(ids_digest(ctx))
         if row is None or token not in row.exact:
             raise MemberError(self.name, f"the engine did not report a log-probability for forced token {token}")
         return row.exact[token]
 
     def _row_wide(self, ctx: list[int]) -> _Row:
-        key = _digest(ctx)
+        key = ids_digest(ctx)
         with self._lock:
             self._rows.pop(key, None)
-        return self._row(ctx, self.max_logprobs, 1)
+        return self._row(ctx, self._engine.max_logprobs, 1)
 
     # -- primitives ------------------------------------------------------------------------------------------------
 
@@ -918,6 +584,10 @@ class RemoteMember:
             self._paths.clear()
         with contextlib.suppress(MemberError, PromptError):
             self._row(context, _MIN_K)
+
+    def evidence(self, context: Sequence[int]) -> list[float] | None:
+        # Engines differ in whether (and how) they return prompt log-probabilities; auto weights fall back.
+        return None
 
     def next_token(self, context: Sequence[int], k: int) -> TopK:
         row = self._row(context, k)
@@ -942,13 +612,7 @@ class RemoteMember:
             out.append(lps)
         return out
 
-    def greedy(
-        self,
-        context: Sequence[int],
-        max_tokens: int,
-        k: int,
-        until: Callable[[list[int]], bool] | None = None,
-    ) -> list[Step]:
+    def greedy(self, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None) -> list[Step]:
         """Up to ``max_tokens`` greedy tokens, fetched several per request; ``until`` is applied afterwards."""
         ctx = list(context)
         steps: list[Step] = []
@@ -964,19 +628,10 @@ class RemoteMember:
         return steps
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(Exception):
-            self._client.close()
+        self._engine.close()
 
     def __repr__(self) -> str:
         return f"RemoteMember({self.name!r}, {self.base_url}, model={self.model!r})"
-
-
-def _trim(d: OrderedDict[Any, Any], limit: int) -> None:
-    while len(d) > limit:
-        d.popitem(last=False)
 
 
 def _num(opts: dict[str, str], key: str, default: Any, cast: Callable[[str], Any]) -> Any:
