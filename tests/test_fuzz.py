@@ -125,7 +125,7 @@ near_body = st.fixed_dictionaries(
 
 
 @pytest.mark.models
-@fuzz(150)
+@fuzz(60)
 @given(body=near_body, chat=st.booleans())
 def test_random_json_near_the_schema_gets_a_valid_answer_or_a_4xx(batch, body, chat):
     server = batch
@@ -139,7 +139,7 @@ def test_random_json_near_the_schema_gets_a_valid_answer_or_a_4xx(batch, body, c
 
 
 @pytest.mark.models
-@fuzz(200)
+@fuzz(120)
 @given(raw=st.binary(max_size=64), ctype=st.sampled_from(["application/json", "text/plain", "", "application/json; x"]))
 def test_random_bytes_and_headers_get_a_4xx(batch, raw, ctype):
     server = batch

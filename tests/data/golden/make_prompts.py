@@ -65,38 +65,96 @@ def qa(head: str, shots: list[tuple[str, str]], question: str) -> str:
 
 def main() -> None:
     items = [
-        {"task": "triviaqa", "prompt": qa(QA_HEAD, QA_SHOTS, "Which metal has the chemical symbol Fe?"),
-         "stop": ["\n"], "max_new_tokens": 16},
-        {"task": "triviaqa", "prompt": qa(QA_HEAD, QA_SHOTS, "In which country is the city of Kyoto?"),
-         "stop": ["\n"], "max_new_tokens": 16},
-        {"task": "nq", "prompt": qa(NQ_HEAD, NQ_SHOTS, "who discovered penicillin"), "stop": ["\n"],
-         "max_new_tokens": 16},
-        {"task": "nq", "prompt": qa(NQ_HEAD, NQ_SHOTS, "what is the largest ocean on earth"), "stop": ["\n"],
-         "max_new_tokens": 16},
-        {"task": "squad", "prompt": SQUAD_HEAD + "\n\nQuestion:\nThe old mill stands beside the canal and was "
-         "powered by a wooden wheel until 1931, when an electric motor replaced it. What replaced the wooden wheel?"
-         "\nAnswer:", "stop": ["\n\n", "\nQuestion"], "max_new_tokens": 16},
-        {"task": "squad", "prompt": SQUAD_HEAD + "\n\nQuestion:\nThe choir rehearses in the town hall on "
-         "Tuesdays and performs in the cathedral each December. Where does the choir perform?\nAnswer:",
-         "stop": ["\n\n", "\nQuestion"], "max_new_tokens": 16},
-        {"task": "gsm8k", "prompt": GSM_HEAD + "\n\n\nQuestion: Sara has 3 boxes of pencils with 8 pencils in "
-         "each box. She gives away 5 pencils. How many pencils does she have now?\nLet's think step by step\n",
-         "stop": ["\n\nQuestion:", "\nQuestion:"], "boxed": True, "max_new_tokens": 32},
-        {"task": "gsm8k", "prompt": GSM_HEAD + "\n\n\nQuestion: A train travels 60 kilometres each hour for 3 "
-         "hours. How far does it travel?\nLet's think step by step\n",
-         "stop": ["\n\nQuestion:", "\nQuestion:"], "boxed": True, "max_new_tokens": 32},
-        {"task": "flores-en-de", "prompt": EN_DE_HEAD + "\n\nEnglish: The museum is closed on Mondays.\nGerman:",
-         "stop": ["\n"], "max_new_tokens": 20},
-        {"task": "flores-en-de", "prompt": EN_DE_HEAD + "\n\nEnglish: My brother likes to read books in the "
-         "garden.\nGerman:", "stop": ["\n"], "max_new_tokens": 20},
-        {"task": "flores-de-en", "prompt": DE_EN_HEAD + "\n\nGerman: Der Zug nach Berlin hat zehn Minuten "
-         "Verspätung.\nEnglish:", "stop": ["\n"], "max_new_tokens": 20},
-        {"task": "flores-de-en", "prompt": DE_EN_HEAD + "\n\nGerman: Im Winter schneit es oft in den Bergen."
-         "\nEnglish:", "stop": ["\n"], "max_new_tokens": 20},
-        {"task": "plain", "prompt": "Question: What is the boiling point of water in Celsius?\nAnswer:",
-         "stop": ["\n"], "max_new_tokens": 12},
-        {"task": "chat", "messages": [{"role": "user", "content": "Name three primary colours."}],
-         "max_new_tokens": 16},
+        {
+            "task": "triviaqa",
+            "prompt": qa(QA_HEAD, QA_SHOTS, "Which metal has the chemical symbol Fe?"),
+            "stop": ["\n"],
+            "max_new_tokens": 16,
+        },
+        {
+            "task": "triviaqa",
+            "prompt": qa(QA_HEAD, QA_SHOTS, "In which country is the city of Kyoto?"),
+            "stop": ["\n"],
+            "max_new_tokens": 16,
+        },
+        {
+            "task": "nq",
+            "prompt": qa(NQ_HEAD, NQ_SHOTS, "who discovered penicillin"),
+            "stop": ["\n"],
+            "max_new_tokens": 16,
+        },
+        {
+            "task": "nq",
+            "prompt": qa(NQ_HEAD, NQ_SHOTS, "what is the largest ocean on earth"),
+            "stop": ["\n"],
+            "max_new_tokens": 16,
+        },
+        {
+            "task": "squad",
+            "prompt": SQUAD_HEAD + "\n\nQuestion:\nThe old mill stands beside the canal and was "
+            "powered by a wooden wheel until 1931, when an electric motor replaced it. What replaced the wooden wheel?"
+            "\nAnswer:",
+            "stop": ["\n\n", "\nQuestion"],
+            "max_new_tokens": 16,
+        },
+        {
+            "task": "squad",
+            "prompt": SQUAD_HEAD + "\n\nQuestion:\nThe choir rehearses in the town hall on "
+            "Tuesdays and performs in the cathedral each December. Where does the choir perform?\nAnswer:",
+            "stop": ["\n\n", "\nQuestion"],
+            "max_new_tokens": 16,
+        },
+        {
+            "task": "gsm8k",
+            "prompt": GSM_HEAD + "\n\n\nQuestion: Sara has 3 boxes of pencils with 8 pencils in "
+            "each box. She gives away 5 pencils. How many pencils does she have now?\nLet's think step by step\n",
+            "stop": ["\n\nQuestion:", "\nQuestion:"],
+            "boxed": True,
+            "max_new_tokens": 32,
+        },
+        {
+            "task": "gsm8k",
+            "prompt": GSM_HEAD + "\n\n\nQuestion: A train travels 60 kilometres each hour for 3 "
+            "hours. How far does it travel?\nLet's think step by step\n",
+            "stop": ["\n\nQuestion:", "\nQuestion:"],
+            "boxed": True,
+            "max_new_tokens": 32,
+        },
+        {
+            "task": "flores-en-de",
+            "prompt": EN_DE_HEAD + "\n\nEnglish: The museum is closed on Mondays.\nGerman:",
+            "stop": ["\n"],
+            "max_new_tokens": 20,
+        },
+        {
+            "task": "flores-en-de",
+            "prompt": EN_DE_HEAD + "\n\nEnglish: My brother likes to read books in the garden.\nGerman:",
+            "stop": ["\n"],
+            "max_new_tokens": 20,
+        },
+        {
+            "task": "flores-de-en",
+            "prompt": DE_EN_HEAD + "\n\nGerman: Der Zug nach Berlin hat zehn Minuten Verspätung.\nEnglish:",
+            "stop": ["\n"],
+            "max_new_tokens": 20,
+        },
+        {
+            "task": "flores-de-en",
+            "prompt": DE_EN_HEAD + "\n\nGerman: Im Winter schneit es oft in den Bergen.\nEnglish:",
+            "stop": ["\n"],
+            "max_new_tokens": 20,
+        },
+        {
+            "task": "plain",
+            "prompt": "Question: What is the boiling point of water in Celsius?\nAnswer:",
+            "stop": ["\n"],
+            "max_new_tokens": 12,
+        },
+        {
+            "task": "chat",
+            "messages": [{"role": "user", "content": "Name three primary colours."}],
+            "max_new_tokens": 16,
+        },
     ]
     Path(__file__).with_name("prompts.json").write_text(json.dumps(items, indent=1, ensure_ascii=False) + "\n")
 
