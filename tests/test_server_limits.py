@@ -102,3 +102,31 @@ def test_a_client_that_leaves_frees_its_slot_within_a_second_whatever_it_asked_f
             time.sleep(0.02)
         assert time.monotonic() - left < 1.0
         assert post(base, {"prompt": "la", "max_tokens": 2}).status_code == 200
+
+
+@pytest.mark.models
+def test_a_request_with_every_option_at_its_bound_ends_within_the_servers_budget(zoo_members):
+    """The three real models, equal weights (every member branches and scores) and every option that multiplies
+    work at its bound (the answer's length at what the members' 2048-token windows hold; 8192 is refused with a
+    400 before any work): the answer ends where the budget runs out, within a model call of it."""
+    app = create_app(Ensemble(zoo_members), DecodeConfig(), budget=Budget(seconds=3))
+    body = {
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+        "max_tokens": 1900,
+        "adafuse": {
+            "max_words": 64,
+            "beam": 16,
+            "top_k": 100,
+            "span_tokens": 256,
+            "max_rounds": 8192,
+            "weights": "equal",
+            "min_weight": 0.0,
+        },
+    }
+    with serve(app) as base:
+        start = time.monotonic()
+        reply = post(base, body, route="chat/completions")
+        took = time.monotonic() - start
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["adafuse"]["finish_reason"] in ("budget", "length", "stop", "eos")
+    assert took < 3 + 2, took

@@ -97,6 +97,11 @@ class DecodeConfig:
         high=100,
     )
     single_member: int | None = option(None, "single baseline: which member (index) writes the answer.", low=0)
+    controller: str | None = option(
+        None,
+        "adafuse: a fitted controller (adafuse fit) decides who to trust per request and per line: the path of "
+        "its JSON file, or builtin (the one fitted for the built-in models) [Controller].",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -112,6 +117,13 @@ class DecodeConfig:
         for s in self.stop:
             require_text(s, f"stop string {s!r}", ConfigError)
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
+        if self.controller is not None:
+            if not isinstance(self.controller, str) or not self.controller.strip() or len(self.controller) > 4096:
+                raise ConfigError(f"controller must be a file path or builtin, got {self.controller!r}")
+            require_text(self.controller, "controller", ConfigError)
+            if self.method != "adafuse":
+                # The baselines have nothing for it to decide (a comparison's shared flags reach them too).
+                object.__setattr__(self, "controller", None)
 
     @property
     def resolved_weights(self) -> tuple[float, ...] | Literal["auto"] | None:
@@ -145,7 +157,7 @@ class DecodeConfig:
 
 
 #: fields whose values are not one number or one name, checked on their own.
-_SPECIAL = ("weights", "stop")
+_SPECIAL = ("weights", "stop", "controller")
 FIELDS = {f.name: f for f in fields(DecodeConfig)}
 
 
@@ -188,7 +200,7 @@ def read_config(
         if value is None:
             continue
         try:
-            parse = isinstance(value, str) and (text or str(FIELDS[key].type) in ("str", "Weights"))
+            parse = isinstance(value, str) and (text or str(FIELDS[key].type) in ("str", "Weights", "str | None"))
             changes[key] = _parse(key, value) if parse else value
         except ConfigError as exc:
             raise ConfigError(_at(where, str(exc))) from None
@@ -230,6 +242,8 @@ def _parse(key: str, text: str) -> Any:
         return parse_weights(text)
     if key == "stop":
         return (text,)
+    if key == "controller":
+        return None if text.strip().lower() == "none" else text
     kind = str(FIELDS[key].type)
     text = text.strip()
     if text.lower() == "none" and "None" in kind:

@@ -10,8 +10,10 @@ from typing import Any
 from adafuse.backends import DEFAULT_ENSEMBLE, Member, load_member
 from adafuse.chat import Message, render_chat, validate_messages
 from adafuse.config import DecodeConfig
+from adafuse.control.model import load_controller
 from adafuse.decoding.adafuse import adafuse_round
 from adafuse.decoding.baselines import sample_round, single_round, span_round, token_round
+from adafuse.decoding.controlled import controlled_round
 from adafuse.decoding.failure import FailurePolicy, check_policy
 from adafuse.decoding.guard import Budget, Guard
 from adafuse.decoding.loop import OnRound, Strategy, run
@@ -118,13 +120,17 @@ class Ensemble:
             active = [cfg.single_member if cfg.single_member is not None else 0]
             if not 0 <= active[0] < len(self.members):
                 raise ConfigError(f"single_member {active[0]} is not a member index (0..{len(self.members) - 1})")
+        controller = load_controller(cfg.controller) if cfg.controller else None
+        if controller is not None:
+            controller.check_members(self.members, self.names)
+        strategy = controlled_round if controller is not None else STRATEGIES[cfg.method]
         with self._lock:
-            policy = FailurePolicy(STRATEGIES[cfg.method], self.on_member_failure)
+            policy = FailurePolicy(strategy, self.on_member_failure)
             active = policy.admit(views, active)  # a member already down is dropped (or fails) here
             for i in active:
                 _check_fits(views[i], cfg)
             guard = Guard(self.members, cancel, budget or Budget())
-            state = DecodeState(views, cfg, weights, active=active, guard=guard)
+            state = DecodeState(views, cfg, weights, active=active, guard=guard, controller=controller)
             result = run(state, policy, cfg.method, on_round)
             result.telemetry.dropped.update(policy.dropped)
             return result

@@ -41,6 +41,8 @@ class Round:
     fast_path: bool
     #: the fusion unit the round worked at ("word", "token", "span", "answer", ...).
     unit: str = "word"
+    #: under a controller: what it read and decided (route probabilities, the pick's scores; decoding/controlled.py).
+    signals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def winner(self) -> Candidate:
@@ -75,6 +77,8 @@ class Telemetry:
     #: what that NLL was measured on: "answers" (the prompt's worked answers) or "instructions" (its text before
     #: the last paragraph).
     evidence: str | None = None
+    #: the controller file's fingerprint when one decided the request.
+    controller: str | None = None
 
     @property
     def tokens_evaluated(self) -> int:
@@ -111,6 +115,7 @@ class Result:
                 committed=r["committed"],
                 fast_path=r["fast_path"],
                 unit=r.get("unit", "word"),
+                signals=r.get("signals", {}),
             )
             for r in d.get("rounds", [])
         ]

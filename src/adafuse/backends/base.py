@@ -8,10 +8,12 @@ context as token ids; a member keeps a prefix cache so that a context that only 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 #: A stop test on the tokens a greedy continuation has written so far.
@@ -155,6 +157,30 @@ class Greedy(Protocol):
     def greedy(self, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None) -> list[Step]:
         """Greedy continuation of up to ``max_tokens``; ends early at an end token or when ``until`` says so."""
         ...
+
+
+@runtime_checkable
+class Fingerprinted(Protocol):
+    """Can name its weights by content, so a fitted controller refuses other weights under the same name."""
+
+    def fingerprint(self) -> str:
+        """A checksum of the member's weight files (``file_fingerprint``)."""
+        ...
+
+
+def fingerprint(member: object) -> str | None:
+    return member.fingerprint() if isinstance(member, Fingerprinted) else None
+
+
+def file_fingerprint(paths: Sequence[Path]) -> str:
+    """sha256 over the files' sizes and contents, in the given order."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(p.stat().st_size).encode())
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def runs_concurrently(member: object) -> bool:

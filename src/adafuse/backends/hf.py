@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, TopK, common_prefix_len
+from adafuse.backends.base import MemberStats, TopK, common_prefix_len, file_fingerprint
 from adafuse.backends.prefix_cache import CHUNK, PrefixCachedMember, Row, chunks
 from adafuse.backends.zoo import ZOO, cache_dir, zoo_path
 from adafuse.errors import ConfigError, MemberError, ModelLoadError, ModelNotFoundError, PromptError
@@ -376,6 +376,7 @@ class HFMember(PrefixCachedMember):
         self.name = name or default_name
         self.source = source
         self.gguf_file = gguf
+        self._fingerprint: str | None = None
         torch_device, torch_dtype = _device_and_dtype(device, dtype)
         if n_threads:
             # Process-wide in torch: the last member loaded with an explicit count sets it for all.
@@ -885,6 +886,18 @@ class HFMember(PrefixCachedMember):
         logp = torch.log_softmax(rows.float(), dim=-1)
         idx = torch.tensor(list(targets), dtype=torch.long, device=logp.device)
         return [float(x) for x in logp.gather(1, idx[:, None])[:, 0].cpu()]
+
+    def fingerprint(self) -> str:
+        """Of the GGUF file, or of the model folder's weights and configuration files."""
+        if self._fingerprint is None:
+            src = Path(self.source)
+            if self.gguf_file is not None:
+                files = [src / self.gguf_file if src.is_dir() else Path(self.gguf_file)]
+            else:
+                files = sorted(p for p in src.glob("*") if p.suffix in (".safetensors", ".bin", ".json"))
+            files = [p for p in files if p.is_file()]
+            self._fingerprint = file_fingerprint(files) if files else f"source:{self.source}"
+        return self._fingerprint
 
     def close(self) -> None:
         if self._closed:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, common_prefix_len
+from adafuse.backends.base import MemberStats, common_prefix_len, file_fingerprint
 from adafuse.backends.prefix_cache import CHUNK, PrefixCachedMember, Row, chunks
 from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError
 
@@ -107,6 +107,7 @@ class LlamaCppMember(PrefixCachedMember):
         _init_backend()
         self.path = Path(path)
         self.name = name or self.path.stem
+        self._fingerprint: str | None = None
         _check_gguf(self.path)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = int(os.environ.get("ADAFUSE_N_GPU_LAYERS", "0"))
@@ -332,6 +333,11 @@ class LlamaCppMember(PrefixCachedMember):
             lps.append(self._row_after(ids).logprob(tok))
             ids.append(tok)
         return lps
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = file_fingerprint([self.path])
+        return self._fingerprint
 
     def close(self) -> None:
         if self._closed or llama_cpp is None:

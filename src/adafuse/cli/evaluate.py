@@ -41,19 +41,25 @@ OffsetOpt = Annotated[int, typer.Option(min=0, help="Skip this many items first.
 LenientOpt = Annotated[bool, typer.Option(help="Also report the paper's lenient (inflated) QA match.")]
 KindOpt = Annotated[str, typer.Option(help="Kind of a --data task: qa, math or translation.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar on stderr.")]
+ShotsOpt = Annotated[
+    int | None,
+    typer.Option(min=0, max=0, show_default=False, help="0: the zero-shot form (no worked answers in the prompt)."),
+]
 
 
-def build_task(task: str | None, data_dir: Path | None, data: Path | None, prompt: Path | None, kind: str) -> Task:
-    """A built-in task by name, or a custom one from ``--data`` and ``--prompt``."""
+def build_task(
+    task: str | None, data_dir: Path | None, data: Path | None, prompt: Path | None, kind: str, shots: int | None = None
+) -> Task:
+    """A built-in task by name, or a custom one from ``--data`` and ``--prompt``; ``shots=0``: its zero-shot form."""
     if data is not None:
         if prompt is None:
             raise ConfigError("--data needs --prompt (the prompt file to put before each question)")
-        return custom_task(data, prompt, kind=kind, name=task)  # type: ignore[arg-type]
+        return replace(custom_task(data, prompt, kind=kind, name=task), zero_shot=shots == 0)  # type: ignore[arg-type]
     if prompt is not None:
         raise ConfigError("--prompt goes with --data; a built-in task has its own prompt file")
     if task is None:
         raise ConfigError(f"give --task ({', '.join(TASK_NAMES)}) or --data FILE --prompt FILE")
-    return load_task(task, data_dir)
+    return load_task(task, data_dir, shots)
 
 
 def _summary_line(summary: dict) -> str:
@@ -85,6 +91,7 @@ def eval_command(
     data: DataOpt = None,
     prompt: PromptOpt = None,
     kind: KindOpt = "qa",
+    shots: ShotsOpt = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Redo items recorded with an error.")] = False,
     progress: ProgressOpt = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -95,7 +102,7 @@ def eval_command(
     the decoding flags."""
     try:
         check_n_ctx(n_ctx)
-        bench = build_task(task, data_dir, data, prompt, kind)
+        bench = build_task(task, data_dir, data, prompt, kind, shots)
         spec = parse_label(method)
         specs = parse_models(models)
         names = [spec_name(s) for s in specs]
@@ -105,7 +112,8 @@ def eval_command(
             index = cfg.single_member or 0
             specs, names = [specs[index]], [names[index]]
             cfg = replace(cfg, single_member=0, weights=None)
-        out_dir = out_dir if out_dir is not None else Path("runs") / bench.name / spec.dirname
+        form = bench.name + ("-0shot" if bench.zero_shot else "")
+        out_dir = out_dir if out_dir is not None else Path("runs") / form / spec.dirname
         with LazyEnsemble(specs, n_ctx=n_ctx, n_threads=threads) as lazy:
             summary = run_eval(
                 bench,
@@ -151,6 +159,7 @@ def compare_command(
     data: DataOpt = None,
     prompt: PromptOpt = None,
     kind: KindOpt = "qa",
+    shots: ShotsOpt = None,
     resamples: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the 95% intervals.")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed (fixed, so reports are reproducible).")] = 0,
     progress: ProgressOpt = True,
@@ -161,7 +170,7 @@ def compare_command(
     decoding flags are every label's base options."""
     try:
         check_n_ctx(n_ctx)
-        bench = build_task(task, data_dir, data, prompt, kind)
+        bench = build_task(task, data_dir, data, prompt, kind, shots)
         labels = split_methods(methods)
         specs = parse_models(models)
         with LazyEnsemble(specs, n_ctx=n_ctx, n_threads=threads) as lazy:

@@ -154,3 +154,14 @@ def boundary_end(text: str, boundary: str | None) -> int | None:
         i = text.find("\n\n")
         return i if i >= 0 else None
     return None
+
+
+_LINE_END = re.compile(r"\S[^\n]*?(\n+)(?=[^\n])")
+
+
+def line_end(text: str) -> int | None:
+    """Where the first line of ``text`` that holds more than whitespace ends, with the newlines that follow it,
+    once the next line has begun; None before that. A line unit commits "Paris.\n\n" whole, so a stop string
+    at its newline ends the answer in the same round."""
+    m = _LINE_END.search(text)
+    return m.end(1) if m else None

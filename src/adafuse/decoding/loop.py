@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from adafuse.decoding.evidence import apply_auto_weights
+from adafuse.decoding.evidence import apply_auto_weights, prompt_nll_per_byte
 from adafuse.decoding.guard import BudgetSpent
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.state import DecodeState
@@ -35,9 +35,15 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     finish = ""
     try:
         # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill completes.
-        evidence = apply_auto_weights(state) if cfg.auto_weights else None
-        weights = {state.views[i].name: state.weights[i] for i in state.active}
-        benched = bench(state)
+        if state.controller is not None:
+            # The controller reads the evidence as one signal among others and decides who sits out itself.
+            state.evidence = prompt_nll_per_byte(state)
+            if state.evidence is not None:
+                evidence = ({state.views[i].name: v for i, v in state.evidence[0].items()}, state.evidence[1])
+        else:
+            evidence = apply_auto_weights(state) if cfg.auto_weights else None
+            weights = {state.views[i].name: state.weights[i] for i in state.active}
+            benched = bench(state)
         state.check()
         map_active(state, lambda i: state.views[i].member.prefill(state.context(i)))
         while not finish:
@@ -53,6 +59,11 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     except BudgetSpent:
         # Inside a round: the round is dropped and the answer is what was committed before it.
         finish = "budget"
+    if state.controller is not None:
+        # The weights its route choice gave; the members it did not route to sat out.
+        weights = {v.name: state.weights[i] for i, v in enumerate(state.views) if state.weights[i] > 0}
+        routed = rounds[0].signals.get("routed") if rounds else None
+        benched = [name for name in weights if routed is not None and name != routed]
     telemetry = Telemetry(
         members=[
             MemberTelemetry(
@@ -73,6 +84,7 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         benched=benched,
         prompt_nll=evidence[0] if evidence else {},
         evidence=evidence[1] if evidence else None,
+        controller=state.controller.digest if state.controller is not None else None,
     )
     return Result(
         text=state.committed,

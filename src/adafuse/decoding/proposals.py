@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from adafuse.backends.base import BatchedSteps, Step, TopK
-from adafuse.decoding.granularity import boundary_end
+from adafuse.decoding.granularity import boundary_end, line_end
 from adafuse.decoding.scoring import Draft
 from adafuse.decoding.state import DecodeState
 from adafuse.decoding.stopping import find_stop
@@ -35,7 +35,8 @@ class DraftWriter:
     min_tokens: int | None = None
     #: a word that has taken this many tokens without ending stops the draft (a guard against endless words).
     word_cap: int | None = None
-    #: end at the first sentence ("sentence") or paragraph ("paragraph") end (see granularity.boundary_end).
+    #: end at the first sentence ("sentence") or paragraph ("paragraph") end (see granularity.boundary_end), or
+    #: after the first line and the blank lines that follow it ("line", granularity.line_end).
     boundary: str | None = None
     #: token granularity: the draft is exactly this many tokens, whatever they spell.
     unit_tokens: int | None = None
@@ -59,6 +60,10 @@ class DraftWriter:
             return self._finish(self.text, eos=True)
         self._bytes.extend(member.token_bytes(token))
         text = self.text
+        if self.boundary == "line":
+            cut = line_end(text)
+            if cut is not None:
+                return self._finish_at(text[:cut])
         ends = word_ends(text)
         self._words = len(ends)
         if len(ends) > prev_words:

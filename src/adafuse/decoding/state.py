@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from adafuse.backends.base import Member
 from adafuse.config import DecodeConfig
+from adafuse.control.model import Controller
 from adafuse.decoding.guard import Guard
 from adafuse.result import Round
 
@@ -68,6 +69,10 @@ class DecodeState:
     rounds: list[Round] = field(default_factory=list)
     #: the request's cancel signal and budget, checked inside drafting and scoring.
     guard: Guard | None = None
+    #: a fitted controller deciding who to trust (decoding/controlled.py), and the prompt evidence it reads:
+    #: member index -> NLL per byte, and what was scored ("answers" or "instructions").
+    controller: Controller | None = None
+    evidence: tuple[dict[int, float], str] | None = None
 
     def __post_init__(self) -> None:
         if not self.active:

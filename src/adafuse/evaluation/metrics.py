@@ -344,3 +344,14 @@ def item_correct(kind: str, prediction: str, gold: str | Sequence[str], lenient:
     if k == "math":
         return numeric_match(prediction, _reference(gold))
     return None
+
+
+def item_quality(kind: str, prediction: str, gold: str | Sequence[str]) -> float:
+    """How good one prediction is, from 0 to 1: a controller's training label. QA: the mean of exact match and
+    token F1 (F1 credits a near miss, EM is what is reported); math: numeric match; translation: sentence chrF."""
+    k = resolve_kind(kind)
+    if k == "qa":
+        return 0.5 * (exact_match(prediction, gold) + token_f1(prediction, gold))
+    if k == "math":
+        return numeric_match(prediction, _reference(gold))
+    return float(_sacrebleu().metrics.CHRF().sentence_score(prediction, [_reference(gold)]).score) / 100.0

@@ -230,6 +230,8 @@ def run_identity(task: Task, config: DecodeConfig, models: Sequence[str], chat: 
         "config": cfg,
         "chat": chat,
     }
+    if task.zero_shot:
+        identity["shots"] = 0
     # Through JSON once, so tuples and lists compare equal to what is read back from run.json.
     return json.loads(json.dumps(identity))
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -83,6 +83,9 @@ class Task:
     layout: Layout = "qa"
     source_lang: str = ""
     target_lang: str = ""
+    #: the zero-shot form: no worked answers, the question as people ask it (``Question: ...\nAnswer:``; GSM8K
+    #: keeps its cue). Translation prompts are instructions, not worked answers: they stay.
+    zero_shot: bool = False
 
     # ---------------------------------------------------------------------------------------------- data
 
@@ -190,14 +193,17 @@ class Task:
     def build_prompt(self, question: str) -> str:
         """The full prompt for one question, in this task's layout (see the module docstring for why)."""
         head = self.prompt_text.rstrip()
-        if self.layout == "cot":
-            return f"{head}\n\n\nQuestion: {question}\nLet's think step by step\n"
-        if self.layout == "squad":
-            joined = " ".join(part.strip() for part in question.splitlines() if part.strip())
-            return f"{head}\n\nQuestion:\n{joined}\nAnswer:"
         if self.layout == "translation" and self.source_lang and self.target_lang:
             return f"{head}\n\n{self.source_lang}: {question}\n{self.target_lang}:"
-        return f"{head}\n\nQuestion: {question}\nAnswer:"
+        if self.zero_shot:
+            head = ""
+        sep = ("\n\n\n" if self.layout == "cot" else "\n\n") if head else ""
+        if self.layout == "cot":
+            return f"{head}{sep}Question: {question}\nLet's think step by step\n"
+        if self.layout == "squad":
+            joined = " ".join(part.strip() for part in question.splitlines() if part.strip())
+            return f"{head}{sep}Question:\n{joined}\nAnswer:"
+        return f"{head}{sep}Question: {question}\nAnswer:"
 
     # ----------------------------------------------------------------------------------------- prediction
 
@@ -311,8 +317,9 @@ def _task_spec(name: str, root: Path) -> Task:
     )
 
 
-def load_task(name: str, data_dir: Path | str | None = None) -> Task:
-    """The built-in task ``name`` with its files under ``data_dir`` (default: :func:`default_data_dir`).
+def load_task(name: str, data_dir: Path | str | None = None, shots: int | None = None) -> Task:
+    """The built-in task ``name`` with its files under ``data_dir`` (default: :func:`default_data_dir`);
+    ``shots=0``: its zero-shot form (``Task.zero_shot``), None: the prompt file's worked answers.
 
     Raises DataError for an unknown name (listing the known ones) and for a missing directory or file
     (naming the path and how to point at the data).
@@ -322,7 +329,9 @@ def load_task(name: str, data_dir: Path | str | None = None) -> Task:
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if not root.is_dir():
         raise DataError(f"{root}: benchmark data directory not found; {_HOW_TO_POINT}")
-    task = _task_spec(name, root)
+    if shots not in (None, 0):
+        raise ConfigError(f"shots must be 0 (no worked answers) or left out (the prompt file's), got {shots}")
+    task = replace(_task_spec(name, root), zero_shot=shots == 0)
     for path, what in ((task.data_path, "data"), (task.prompt_path, "prompt")):
         if not path.is_file():
             raise DataError(f"{path}: {what} file for task {name!r} not found; {_HOW_TO_POINT}")

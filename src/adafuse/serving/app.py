@@ -180,6 +180,11 @@ def _options(body: dict[str, Any], defaults: DecodeConfig) -> tuple[dict[str, An
         config = read_config(options, defaults, exclude=OPENAI_FIELDS, text=False)
     except ConfigError as exc:
         raise _bad("adafuse", str(exc)) from None
+    # A client names a controller the server already offers; a path would let it read the server's files.
+    offered = {None, "builtin", defaults.controller}
+    if options.get("controller") is not None and config.controller not in offered:
+        allowed = ", ".join(repr(c) for c in sorted(c for c in offered if c))
+        raise _bad("adafuse.controller", f"must be {allowed} or 'none', got {options['controller']!r}")
     return {key: getattr(config, key) for key in options if options[key] is not None}, trace
 
 
