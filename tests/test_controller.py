@@ -98,6 +98,17 @@ def test_fitting_is_deterministic_and_learns_to_trust_the_member_the_signals_poi
     assert first.fit["quality"]["tune"] == 1.0
 
 
+def test_a_kind_of_request_it_was_not_fitted_on_is_left_to_todays_rule(task, tmp_path):
+    ctl = fitted(task, tmp_path)
+    assert ctl.kinds == [[0.0, 0.0, 0.0, 0.0, 0.0]]  # the sums: no evidence the scripted members can give
+    path = tmp_path / "controller.json"
+    ctl.save(path)
+    maths = "Question: What is 12 plus 30?\nLet's think step by step\n"
+    result = Ensemble(members()).generate(maths, DecodeConfig(controller=str(path), max_new_tokens=4))
+    assert result.rounds[0].signals["abstained"] is True
+    assert all(r.unit == "word" for r in result.rounds)
+
+
 def test_the_file_round_trips(task, tmp_path):
     ctl = fitted(task, tmp_path)
     text = ctl.to_json()

@@ -10,7 +10,7 @@ from typing import Any
 from adafuse.backends import DEFAULT_ENSEMBLE, Member, load_member
 from adafuse.chat import Message, render_chat, validate_messages
 from adafuse.config import DecodeConfig
-from adafuse.control.model import load_controller
+from adafuse.control.model import Controller, load_controller
 from adafuse.decoding.adafuse import adafuse_round
 from adafuse.decoding.baselines import sample_round, single_round, span_round, token_round
 from adafuse.decoding.controlled import controlled_round
@@ -77,6 +77,14 @@ class Ensemble:
         except ValueError:
             raise ConfigError(f"no member named {name!r}; members are {self.names}") from None
 
+    def controller(self, config: DecodeConfig) -> Controller | None:
+        """The controller ``config`` names, checked against these members (ConfigError naming the difference)."""
+        if config.controller is None:
+            return None
+        controller = load_controller(config.controller)
+        controller.check_members(self.members, self.names)
+        return controller
+
     def prompts(self, prompt: str | Sequence[Message], chat: bool) -> list[tuple[str, bool]]:
         """Each member's prompt text and whether it holds special tokens to parse."""
         if isinstance(prompt, str):
@@ -120,9 +128,7 @@ class Ensemble:
             active = [cfg.single_member if cfg.single_member is not None else 0]
             if not 0 <= active[0] < len(self.members):
                 raise ConfigError(f"single_member {active[0]} is not a member index (0..{len(self.members) - 1})")
-        controller = load_controller(cfg.controller) if cfg.controller else None
-        if controller is not None:
-            controller.check_members(self.members, self.names)
+        controller = self.controller(cfg)
         strategy = controlled_round if controller is not None else STRATEGIES[cfg.method]
         with self._lock:
             policy = FailurePolicy(strategy, self.on_member_failure)

@@ -70,15 +70,20 @@ def serve_command(
         fail(str(exc))
         return
     key = api_key if api_key is not None else os.environ.get("ADAFUSE_API_KEY") or None
-    app = create_app(
-        ensemble,
-        config,
-        api_key=key,
-        max_concurrency=max_concurrency,
-        max_queue=max_queue,
-        max_body_bytes=max_body_bytes,
-        budget=Budget(request_seconds, request_tokens),
-    )
+    try:
+        app = create_app(
+            ensemble,
+            config,
+            api_key=key,
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            max_body_bytes=max_body_bytes,
+            budget=Budget(request_seconds, request_tokens),
+        )
+    except AdafuseError as exc:
+        ensemble.close()
+        fail(str(exc))
+        return
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
     finally:

@@ -60,6 +60,7 @@ class Example:
 
     task: str
     row: int
+    kind: tuple[float, ...]
     route: Group
     pick: Group
     own: list[int]
@@ -105,7 +106,7 @@ def example(record: dict[str, Any], task: Task, names: Sequence[str]) -> Example
     preds = [task.extract_answer(c.text) for c in first.candidates]
     y = np.asarray([metrics.item_quality(task.kind, p, record["gold"]) for p in preds])
     own = [next(j for j, c in enumerate(first.candidates) if n in c.proposers) for n in voting]
-    return Example(task.name, int(record["index"]), Group(route_x, y[own]), Group(pick_x, y), own, preds)
+    return Example(task.name, int(record["index"]), kind.flags, Group(route_x, y[own]), Group(pick_x, y), own, preds)
 
 
 def fit_choice(groups: Sequence[Group], names: list[str], l2: float) -> Choice:
@@ -196,11 +197,12 @@ def fit_controller(
         if chosen is None or score > chosen[0]:
             chosen = (score, at)
     assert chosen is not None
-    ctl = Controller(members, route, pick, chosen[1])
+    kinds = sorted({ex.kind for ex in train})
+    ctl = Controller(members, route, pick, chosen[1], [list(k) for k in kinds])
     scores = {"fit": quality(ctl, train), "tune": quality(ctl, tune)}
     for k, n in enumerate(names):
         scores[f"tune {n} alone"] = float(np.mean([ex.route.y[k] for ex in tune]))
-    return Controller(members, route, pick, chosen[1], {**about, "quality": scores})
+    return Controller(members, route, pick, chosen[1], [list(k) for k in kinds], {**about, "quality": scores})
 
 
 def _softmax(s: np.ndarray) -> np.ndarray:

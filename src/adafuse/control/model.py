@@ -59,6 +59,9 @@ class Controller:
     route: Choice
     pick: Choice
     route_at: float
+    #: the kinds of request (``RequestKind.flags``) among its fit rows; it abstains on others. None: it decides on
+    #: every kind (the collecting controller).
+    kinds: list[list[float]] | None = None
     #: how it was fitted: tasks, rows of each split, the regularisation, and the scores measured.
     fit: dict[str, Any] = field(default_factory=dict)
 
@@ -66,6 +69,9 @@ class Controller:
     def digest(self) -> str:
         """What a result records of the controller that decided it: a checksum of its file's content."""
         return "sha256:" + hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+
+    def knows(self, flags: Sequence[float]) -> bool:
+        return self.kinds is None or list(flags) in self.kinds
 
     @property
     def names(self) -> list[str]:
@@ -105,7 +111,9 @@ class Controller:
             for choice in (route, pick):
                 if not len(choice.features) == len(choice.center) == len(choice.scale) == len(choice.weights):
                     raise ValueError("feature, centre, scale and weight counts differ")
-            return cls(list(d["members"]), route, pick, float(d["route_at"]), dict(d.get("fit", {})))
+            kinds = d.get("kinds")
+            kinds = None if kinds is None else [[float(v) for v in k] for k in kinds]
+            return cls(list(d["members"]), route, pick, float(d["route_at"]), kinds, dict(d.get("fit", {})))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"{where}: malformed controller file ({e})") from None
 

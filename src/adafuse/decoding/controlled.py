@@ -4,16 +4,18 @@ Round 0 reads every voting member's first next-token distribution and asks the c
 which member to trust. When one member's probability reaches the controller's ``route_at`` the others sit the
 request out and that member writes its own greedy answer (``solo_round``: the cost of running it alone). Otherwise
 every member writes its greedy line (up to the end of a line and the blank lines after it), every member scores
-every distinct line, and the controller's ``pick`` choice commits one; the next round starts from it.
+every distinct line, and the controller's ``pick`` choice commits one; the next round starts from it. A kind of
+request the controller was not fitted on is left to today's rule (``abstain``).
 """
 
 from __future__ import annotations
 
 from adafuse.backends.base import Step, TopK
 from adafuse.control.signals import RequestKind, pick_features, route_features
-from adafuse.decoding.adafuse import first_step, solo_round
+from adafuse.decoding.adafuse import adafuse_round, first_step, solo_round
+from adafuse.decoding.evidence import evidence_weights
 from adafuse.decoding.granularity import entropy
-from adafuse.decoding.loop import output_tokens
+from adafuse.decoding.loop import bench, output_tokens
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.proposals import UNBOUNDED_WORDS, WORD_TOKEN_CAP, DraftWriter, write_draft
 from adafuse.decoding.scoring import score_candidates, union
@@ -23,6 +25,12 @@ from adafuse.result import Proposal, Round
 
 
 def controlled_round(state: DecodeState, index: int) -> Round:
+    ctl = state.controller
+    assert ctl is not None
+    if index == 0 and not ctl.knows(request_kind(state).flags):
+        return abstain(state, index)
+    if state.rounds and state.rounds[0].signals.get("abstained"):
+        return adafuse_round(state, index)
     firsts: dict[int, TopK] = {}
     signals: dict = {}
     if index == 0 and len(state.active) > 1:
@@ -32,6 +40,18 @@ def controlled_round(state: DecodeState, index: int) -> Round:
         rnd.signals = signals
         return rnd
     return line_round(state, index, firsts, signals)
+
+
+def abstain(state: DecodeState, index: int) -> Round:
+    """A kind of request the controller never saw in its fit rows (say maths, fitted on QA and translation):
+    today's rule decides instead, evidence weights and benching (decoding/evidence.py), for the whole answer."""
+    cfg = state.config
+    if state.evidence is not None and cfg.auto_weights:
+        state.weights = evidence_weights(state.weights, state.evidence[0], cfg.auto_sharpness)
+    benched = bench(state)
+    rnd = adafuse_round(state, index)
+    rnd.signals = {"abstained": True, "benched": benched}
+    return rnd
 
 
 def request_kind(state: DecodeState) -> RequestKind:
@@ -62,6 +82,7 @@ def route(state: DecodeState) -> tuple[dict[int, TopK], dict]:
     signals = {
         "route": dict(zip(voting, map(float, probs), strict=True)),
         "routed": routed,
+        "benched": [n for n in voting if routed is not None and n != routed],
         "margins": margins,
         "entropies": entropies,
         "first_tokens": first_tokens,

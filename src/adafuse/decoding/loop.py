@@ -60,10 +60,9 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         # Inside a round: the round is dropped and the answer is what was committed before it.
         finish = "budget"
     if state.controller is not None:
-        # The weights its route choice gave; the members it did not route to sat out.
+        # The weights its route choice gave (or today's rule, where it abstained), and who sat out.
         weights = {v.name: state.weights[i] for i, v in enumerate(state.views) if state.weights[i] > 0}
-        routed = rounds[0].signals.get("routed") if rounds else None
-        benched = [name for name in weights if routed is not None and name != routed]
+        benched = list(rounds[0].signals.get("benched", [])) if rounds else []
     telemetry = Telemetry(
         members=[
             MemberTelemetry(

@@ -148,6 +148,7 @@ class AdafuseLM(LM):
             self._owns_ensemble = False
         self.ensemble = ensemble
         self.weights = self.config.member_weights(len(ensemble.members))
+        ensemble.controller(self.config)  # a controller fitted for other members: say so before any request
         self._warned_sampling = False
 
     # -- construction from lm-eval's argument strings ------------------------------------------------------------

@@ -521,6 +521,7 @@ def create_app(
 ) -> FastAPI:
     """An app serving ``ensemble`` as the model ``adafuse``; see the module docstring for the contract.
     ``budget``: every request's limit (seconds, tokens evaluated); an answer that reaches it ends there."""
+    ensemble.controller(defaults or DecodeConfig())  # refuse a controller fitted for other members at start
     server = Server(ensemble, defaults or DecodeConfig(), api_key, max_concurrency, max_queue, max_body_bytes, budget)
 
     @asynccontextmanager

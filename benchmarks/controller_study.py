@@ -1,0 +1,121 @@
+"""How a fitted controller does on dev rows that neither its fit nor its tuning saw, against each member alone,
+the per-item oracle (any member right) and, where given, today's default decoder.
+
+Usage: python benchmarks/controller_study.py [--work runs/fit] [--controller builtin] [--default-runs DIR]
+       [--resamples 1000]
+
+Reads the neutral-controller collection ``adafuse fit`` writes (``WORK/<form>/predictions.jsonl``; collect the
+report rows into it first, e.g. ``adafuse fit --rows nq=400:550:775`` collects up to row 775) and replays each
+item's decision (``control.fit.decide``: the same function of the same signals as a live request): a routed item
+gets its member's greedy line, a fused one the line the pick commits. Each member alone is its own greedy line, as
+``single`` writes it. ``--default-runs DIR``: ``DIR/<form>/predictions.jsonl`` of ``adafuse eval`` runs on the
+same rows, shown beside. Paired bootstrap over items (the same draw for every method of a form): EM for QA,
+corpus BLEU for translation.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from adafuse.backends import DEFAULT_ENSEMBLE
+from adafuse.control.fit import decide, example, task_form
+from adafuse.control.model import load_controller
+from adafuse.evaluation.compare import bootstrap_values
+from adafuse.evaluation.metrics import corpus_bleu, exact_match, item_quality
+from adafuse.evaluation.runner import PREDICTIONS, read_predictions
+
+#: the rows reported on, after each form's fit and tune rows (control.fit.DEV_SPLITS).
+REPORT_ROWS = {
+    "triviaqa": (325, 475),
+    "nq": (625, 775),
+    "squad": (320, 400),
+    "flores-en-de": (100, 150),
+    "flores-de-en": (100, 150),
+    "triviaqa-0shot": (325, 475),
+    "nq-0shot": (625, 775),
+    "squad-0shot": (320, 400),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=Path("runs/fit"))
+    ap.add_argument("--controller", default="builtin")
+    ap.add_argument("--default-runs", type=Path)
+    ap.add_argument("--forms", default=",".join(REPORT_ROWS))
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args()
+    ctl = load_controller(args.controller)
+    names = list(DEFAULT_ENSEMBLE) if args.controller == "builtin" else ctl.names
+    averages: dict[str, dict[str, list]] = {}
+    for seed, form in enumerate(args.forms.split(",")):
+        lo, hi = REPORT_ROWS[form]
+        task = task_form(form, args.data_dir)
+        records = read_predictions(args.work / form / PREDICTIONS)
+        rows = [records[i] for i in range(lo, hi) if i in records]
+        examples = [example(r, task, names) for r in rows]
+        kept = [(r, ex) for r, ex in zip(rows, examples, strict=True) if ex is not None]
+        golds = [r["gold"] for r, _ in kept]
+        methods: dict[str, list[str]] = {}
+        routed = 0
+        for _, ex in kept:
+            chosen, was_routed = decide(ctl, ex)
+            routed += was_routed
+            methods.setdefault("controller", []).append(ex.prediction[chosen])
+            for k, n in enumerate(names):
+                methods.setdefault(n, []).append(ex.prediction[ex.own[k]])
+        methods["oracle"] = [oracle(task.kind, ex, g) for (_, ex), g in zip(kept, golds, strict=True)]
+        if args.default_runs is not None:
+            default = read_predictions(args.default_runs / form / PREDICTIONS)
+            if all(r["index"] in default for r, _ in kept):
+                methods["today's default"] = [default[r["index"]]["prediction"] for r, _ in kept]
+        kind, metric = ("translation", "bleu") if task.kind == "translation" else ("qa", "em")
+        scores = {m: whole(metric, preds, golds) for m, preds in methods.items()}
+        draws = {m: bootstrap_values(kind, metric, p, golds, args.resamples, seed) for m, p in methods.items()}
+        best_member = max(names, key=lambda n: scores[n])
+        print(f"\n### {form} (rows {lo}-{hi - 1}, n={len(kept)}; routed {routed}/{len(kept)})\n")
+        print(f"| method | {metric.upper()} | minus {best_member} (best member), 95% interval |")
+        print("|---|---|---|")
+        for m, s in scores.items():
+            diff = draws[m] - draws[best_member]
+            q = np.quantile(diff, [0.025, 0.975])
+            print(f"| {m} | {s:.2f} | {s - scores[best_member]:+.2f} [{q[0]:+.2f}, {q[1]:+.2f}] |")
+        group = "zero-shot" if form.endswith("-0shot") else "few-shot"
+        avg = averages.setdefault(group, {"controller": [], "best": [], "default": [], "d_best": [], "d_def": []})
+        avg["controller"].append(scores["controller"])
+        avg["best"].append(scores[best_member])
+        avg["d_best"].append(draws["controller"] - draws[best_member])
+        if "today's default" in scores:
+            avg["default"].append(scores["today's default"])
+            avg["d_def"].append(draws["controller"] - draws["today's default"])
+    for group, avg in averages.items():
+        n = len(avg["controller"])
+        line = f"\n{group}, {n} forms: controller {np.mean(avg['controller']):.2f}, per-form best member "
+        line += f"{np.mean(avg['best']):.2f} ({np.mean(avg['controller']) / max(1e-9, np.mean(avg['best'])):.3f}x)"
+        d = np.mean(avg["d_best"], axis=0)
+        line += f"; difference [{np.quantile(d, 0.025):+.2f}, {np.quantile(d, 0.975):+.2f}]"
+        if len(avg["default"]) == n:
+            d = np.mean(avg["d_def"], axis=0)
+            line += f"; today's default {np.mean(avg['default']):.2f}, controller minus it "
+            line += f"[{np.quantile(d, 0.025):+.2f}, {np.quantile(d, 0.975):+.2f}]"
+        print(line)
+
+
+def oracle(kind: str, ex, gold) -> str:  # type: ignore[no-untyped-def]
+    """The member line that scores best on this item (the first of equals)."""
+    values = [item_quality(kind, p, gold) for p in ex.prediction]
+    return ex.prediction[int(np.argmax(values))]
+
+
+def whole(metric: str, predictions: list[str], golds: list) -> float:
+    if metric == "bleu":
+        return corpus_bleu(predictions, golds)
+    return 100.0 * float(np.mean([exact_match(p, g) for p, g in zip(predictions, golds, strict=True)]))
+
+
+if __name__ == "__main__":
+    main()
