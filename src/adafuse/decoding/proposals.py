@@ -117,11 +117,9 @@ class DraftWriter:
         start = hit.cut - len(lead)
         if hit.reason != "stop":
             return max(start, 1)
-        # A stop string after a complete word belongs to the next round, where it is a candidate of its own
-        # ("end the answer here") instead of riding on this word's score.
-        before = [e for e in word_ends(text) if e <= start]
-        if before:
-            return before[-1]
+        # A lone member's draft runs through the stop string, so the loop ends the answer in this round, on the
+        # very tokens it wrote: cut before it, the next round would read the text re-tokenised and could go on
+        # differently (a stop string would then change the answer, not only end it).
         stop_len = next(len(s) for s in stops if (lead + text).startswith(s, hit.cut))
         return max(start + stop_len, 1)
 
