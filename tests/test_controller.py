@@ -178,7 +178,7 @@ def test_signals_of_a_request_and_a_candidate():
     assert repeats("", " 1.1.1.1.1.1.1.1.1.1") > 0.7
     assert repeats("", " The capital of France is Paris.") == 0.0
     assert repeats("Paris is the capital.", " Paris is the capital.") > 0.9
-    assert len(pick_feature_names(["a", "b"])) == 2 + 2 * 5 + 2 + 5
+    assert len(pick_feature_names(["a", "b"])) == 2 + 2 * 5 + 2 + 8
 
 
 @pytest.mark.models

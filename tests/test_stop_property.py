@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 import zlib
 
-from fakes import EOS, ScriptedMember
 import numpy as np
+from fakes import EOS, ScriptedMember
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

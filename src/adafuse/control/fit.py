@@ -3,8 +3,8 @@
 **Collecting.** Each dev item is decoded once under a *neutral* controller (it never routes; every member writes
 its greedy line and every member scores every line), one round, through the evaluation runner (resumable, with a
 progress bar). The recorded trace holds every signal a decision reads (``control/signals.py``); each candidate's
-outcome is the task metric of that line as the answer (``metrics.item_quality``), and a member's outcome is its
-own line's.
+outcome is the task metric of the answer that line leaves once the task's stop strings cut it
+(``metrics.item_quality``), and a member's outcome is its own line's.
 
 **Learning.** For a group of options with features ``z_o`` (standardised) and outcomes ``y_o`` in [0, 1], the
 target is ``q_o = exp(y_o / T) / sum exp(y_o' / T)`` (``T = TEMPERATURE``) and the fit minimises
@@ -35,6 +35,7 @@ from adafuse.control.signals import (
     route_feature_names,
     route_features,
 )
+from adafuse.decoding.stopping import find_stop
 from adafuse.errors import DataError
 from adafuse.evaluation import metrics
 from adafuse.evaluation.tasks import Task
@@ -102,11 +103,17 @@ def example(record: dict[str, Any], task: Task, names: Sequence[str]) -> Example
     nll = tel.prompt_nll
     voting = [n for n in names if n in signals["margins"]]
     route_x = route_features(names, kind, nll, signals["margins"], signals["entropies"], signals["first_tokens"])
-    pick_x = pick_features(names, kind, nll, first.candidates, "")
-    preds = [task.extract_answer(c.text) for c in first.candidates]
+    pick_x = pick_features(names, kind, nll, first.candidates, "", task.stop)
+    preds = [task.extract_answer(answer_of(task, c.text)) for c in first.candidates]
     y = np.asarray([metrics.item_quality(task.kind, p, record["gold"]) for p in preds])
     own = [next(j for j, c in enumerate(first.candidates) if n in c.proposers) for n in voting]
     return Example(task.name, int(record["index"]), kind.flags, Group(route_x, y[own]), Group(pick_x, y), own, preds)
+
+
+def answer_of(task: Task, line: str) -> str:
+    """The answer a committed line leaves once the task's stop strings cut it, as the decoding loop cuts it."""
+    hit = find_stop(line, task.stop, task.stop_at_boxed)
+    return line if hit is None else line[: hit.cut]
 
 
 def fit_choice(groups: Sequence[Group], names: list[str], l2: float) -> Choice:
@@ -172,37 +179,37 @@ def fit_controller(
     about: dict[str, Any],
     log: Callable[[str], None] = lambda _: None,
 ) -> Controller:
-    """Fit both choices on ``train``; choose each one's lambda, then the route threshold, on ``tune``."""
+    """Fit both choices on ``train``; choose the pick's lambda, then the route's lambda and threshold, on ``tune``."""
     blank = neutral([None] * len(names), names)
 
-    def tuned(which: str, build: Callable[[Choice], Controller]) -> Choice:
-        feature_names = route_feature_names(names) if which == "route" else pick_feature_names(names)
-        best: tuple[float, Choice] | None = None
-        for l2 in L2_GRID:
-            choice = fit_choice([getattr(ex, which) for ex in train], feature_names, l2)
-            score = quality(build(choice), tune)
-            log(f"{which}: lambda {l2} -> tune quality {score:.4f}")
-            if best is None or score > best[0]:
-                best = (score, choice)
-        assert best is not None
-        return best[1]
-
-    # The pick first, judged with every request fused; then the route, judged with every request routed.
-    pick = tuned("pick", lambda c: Controller(members, blank.route, c, blank.route_at))
-    route = tuned("route", lambda c: Controller(members, c, pick, 0.0))
-    chosen: tuple[float, float] | None = None
-    for at in ROUTE_GRID:
-        score = quality(Controller(members, route, pick, at), tune)
-        log(f"route_at {at} -> tune quality {score:.4f}")
-        if chosen is None or score > chosen[0]:
-            chosen = (score, at)
-    assert chosen is not None
-    kinds = sorted({ex.kind for ex in train})
-    ctl = Controller(members, route, pick, chosen[1], [list(k) for k in kinds])
+    # The pick first, judged with every request fused.
+    picks: list[tuple[float, Choice]] = []
+    for l2 in L2_GRID:
+        choice = fit_choice([ex.pick for ex in train], pick_feature_names(names), l2)
+        picks.append((quality(Controller(members, blank.route, choice, blank.route_at), tune), choice))
+        log(f"pick: lambda {l2} -> tune quality {picks[-1][0]:.4f}")
+    pick = max(picks, key=lambda p: p[0])[1]  # the first of equals: the weaker regularisation
+    # Then the route's lambda and threshold together, judged as they decide: the best tune quality, and of equal
+    # ones the one that routes most (a routed request costs one member).
+    best: tuple[float, int, Choice, float] | None = None
+    for l2 in L2_GRID:
+        route = fit_choice([ex.route for ex in train], route_feature_names(names), l2)
+        for at in ROUTE_GRID:
+            trial = Controller(members, route, pick, at)
+            score = quality(trial, tune)
+            routed = sum(decide(trial, ex)[1] for ex in tune)
+            log(f"route: lambda {l2}, route_at {at} -> tune quality {score:.4f}, {routed}/{len(tune)} routed")
+            if best is None or (score, routed) > (best[0], best[1]):
+                best = (score, routed, route, at)
+    assert best is not None
+    _, _, route, route_at = best
+    kinds = [list(k) for k in sorted({ex.kind for ex in train})]
+    ctl = Controller(members, route, pick, route_at, kinds)
     scores = {"fit": quality(ctl, train), "tune": quality(ctl, tune)}
     for k, n in enumerate(names):
         scores[f"tune {n} alone"] = float(np.mean([ex.route.y[k] for ex in tune]))
-    return Controller(members, route, pick, chosen[1], [list(k) for k in kinds], {**about, "quality": scores})
+    scores["tune routed"] = sum(decide(ctl, ex)[1] for ex in tune) / max(1, len(tune))
+    return Controller(members, route, pick, route_at, kinds, {**about, "quality": scores})
 
 
 def _softmax(s: np.ndarray) -> np.ndarray:

@@ -89,7 +89,8 @@ def pick_feature_names(members: Sequence[str]) -> list[str]:
     names = [f"by:{m}" for m in members]
     names += [f"by:{m}&{k}" for m in members for k in KINDS]
     names += [f"nll:{m}" for m in members]
-    return [*names, "proposers", "evidence_behind", "repeats", "log_bytes", "ends"]
+    extra = ["nll_own", "nll_others", "proposers", "agreement", "evidence_behind", "repeats", "log_bytes", "ends"]
+    return [*names, *extra]
 
 
 def pick_features(
@@ -98,22 +99,32 @@ def pick_features(
     nll: Mapping[str, float],
     candidates: Sequence[Candidate],
     committed: str,
+    stops: Sequence[str] = (),
 ) -> np.ndarray:
-    """One row per candidate. A member that did not score (it sits out) counts as the mean of those that did."""
+    """One row per candidate. A member that did not score (it sits out) counts as the mean of those that did.
+    ``agreement``: the share of the other candidates' proposers whose line says the same once both are cut at the
+    stop strings and normalised (" Harrison Ford." and " harrison ford\n\n" agree)."""
     best = min(nll.values()) if nll else 0.0
+    said = [normalised(c.text, stops) for c in candidates]
     rows = []
-    for cand in candidates:
+    for j, cand in enumerate(candidates):
         by = [float(m in cand.proposers) for m in members]
         crossed = [b * f for b in by for f in kind.flags]
         mean = sum(cand.scores.values()) / max(1, len(cand.scores))
         scores = [cand.scores.get(m, mean) for m in members]
+        own = [cand.scores[m] for m in cand.proposers if m in cand.scores]
+        others = [v for m, v in cand.scores.items() if m not in cand.proposers]
         behind = [nll[m] - best for m in cand.proposers if m in nll]
+        agree = sum(len(c.proposers) for k, c in enumerate(candidates) if k != j and said[k] == said[j] and said[j])
         rows.append(
             [
                 *by,
                 *crossed,
                 *scores,
+                sum(own) / len(own) if own else mean,
+                sum(others) / len(others) if others else mean,
                 len(cand.proposers) / len(members),
+                agree / len(members),
                 sum(behind) / len(behind) if behind else 0.0,
                 repeats(committed, cand.text),
                 math.log1p(len(cand.text.encode("utf-8"))),
@@ -121,6 +132,15 @@ def pick_features(
             ]
         )
     return np.asarray(rows, dtype=np.float64)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def normalised(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop string, as lowercase words (punctuation and spacing dropped)."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return " ".join(_WORD.findall(text[:cut].lower()))
 
 
 def repeats(committed: str, text: str) -> float:

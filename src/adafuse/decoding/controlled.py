@@ -115,7 +115,12 @@ def line_round(state: DecodeState, index: int, firsts: dict[int, TopK], signals:
     if not fast:
         score_candidates(state, candidates, drafts)
         x = pick_features(
-            [v.name for v in state.views], request_kind(state), evidence_by_name(state), candidates, state.committed
+            [v.name for v in state.views],
+            request_kind(state),
+            evidence_by_name(state),
+            candidates,
+            state.committed,
+            state.config.stop,
         )
         scores = ctl.pick.scores(x)
         chosen = int(scores.argmax())  # the first of equal scores: proposal order
