@@ -84,6 +84,7 @@ def main() -> None:
             diff = draws[m] - draws[best_member]
             q = np.quantile(diff, [0.025, 0.975])
             print(f"| {m} | {s:.2f} | {s - scores[best_member]:+.2f} [{q[0]:+.2f}, {q[1]:+.2f}] |")
+        print(gap(task.kind, names, [ex for _, ex in kept], golds, methods["controller"]))
         group = "zero-shot" if form.endswith("-0shot") else "few-shot"
         avg = averages.setdefault(group, {"controller": [], "best": [], "default": [], "d_best": [], "d_def": []})
         avg["controller"].append(scores["controller"])
@@ -103,6 +104,41 @@ def main() -> None:
             line += f"; today's default {np.mean(avg['default']):.2f}, controller minus it "
             line += f"[{np.quantile(d, 0.025):+.2f}, {np.quantile(d, 0.975):+.2f}]"
         print(line)
+
+
+def gap(kind: str, names: list[str], examples: list, golds: list, chosen: list[str]) -> str:
+    """What limits the controller: on the items where some member's line is better than the one it committed,
+    whether any signal it reads would have told the better line apart."""
+    n = lone = by_scores = 0
+    prefer = dict.fromkeys(names, 0)
+    for ex, gold, pred in zip(examples, golds, chosen, strict=True):
+        values = [item_quality(kind, p, gold) for p in ex.prediction]
+        best = int(np.argmax(values))
+        if values[best] <= item_quality(kind, pred, gold):
+            continue
+        n += 1
+        got = ex.prediction.index(pred)
+        lone += sum(ex.prediction[k] == ex.prediction[best] for k in ex.own) == 1
+        nll = 6 * len(names)  # the pick's nll:<member> columns (after by:<member> and its crossings)
+        for k, m in enumerate(names):
+            prefer[m] += ex.pick.x[best, nll + k] < ex.pick.x[got, nll + k]
+        by_scores += ex.pick.x[best, nll : nll + len(names)].mean() < ex.pick.x[got, nll : nll + len(names)].mean()
+    # How often each member scores its own line best of all: a score that follows authorship says little.
+    own_best = dict.fromkeys(names, 0)
+    split = [ex for ex in examples if len(ex.pick.y) > 1]
+    for ex in split:
+        nll = 6 * len(names)
+        for k, m in enumerate(names):
+            own_best[m] += int(np.argmin(ex.pick.x[:, nll + k])) == ex.own[k]
+    if not n:
+        return "\nNo item where another line was better."
+    liked = ", ".join(f"{m} {v}" for m, v in prefer.items())
+    selfish = ", ".join(f"{m} {v}/{len(split)}" for m, v in own_best.items())
+    return (
+        f"\nItems where a member's line was better than the committed one: {n}; written by one member alone: {lone}; "
+        f"the better line has the lower NLL per token under {liked}; under the members' mean: {by_scores}. "
+        f"Items where members wrote different lines and each member scored its own best: {selfish}."
+    )
 
 
 def oracle(kind: str, ex, gold) -> str:  # type: ignore[no-untyped-def]

@@ -197,3 +197,27 @@ def test_the_shipped_controller_loads_and_decides_on_all_six_task_prompts(zoo_me
         route = result.rounds[0].signals["route"]
         assert sorted(route) == sorted(ens.names) and abs(sum(route.values()) - 1) < 1e-9, name
         assert result.finish_reason in ("stop", "eos", "length"), name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "nq", "--rows", "nq=5:3:9"], "need 0 <= START < FIT_END < TUNE_END"),
+        (["--tasks", "nq", "--rows", "nq=1:2"], "write FORM=START:FIT_END:TUNE_END"),
+        (["--tasks", "mine"], "no rows for mine"),
+    ],
+)
+def test_fit_refuses_bad_rows_in_one_line(tmp_path, args, message):
+    from test_cli import adafuse, assert_one_line_error
+
+    assert_one_line_error(adafuse("fit", "--out", str(tmp_path / "c.json"), *args), message)
+
+
+@pytest.mark.models
+def test_a_missing_or_mismatched_controller_is_one_line_on_the_command_line(tmp_path):
+    from test_cli import adafuse, assert_one_line_error
+
+    assert_one_line_error(adafuse("generate", "Q", "--controller", str(tmp_path / "none.json")), "No such file")
+    neutral(members(), ["oracle", "sloppy", "wrong"]).save(tmp_path / "other.json")
+    proc = adafuse("generate", "Q", "--controller", str(tmp_path / "other.json"))
+    assert_one_line_error(proc, "fitted for members ['oracle', 'sloppy', 'wrong']")
