@@ -262,9 +262,12 @@ def collect(
 
     work.mkdir(parents=True, exist_ok=True)
     path = work / "neutral.json"
-    if not path.exists():
-        ens = ensemble() if isinstance(ensemble, LazyEnsemble) else ensemble
-        neutral(ens.members, list(names)).save(path)
+    # Its decisions do not depend on the features (it never routes and keeps the first line), so rows collected
+    # under an older feature set stay valid: the file is only brought up to date.
+    ens = ensemble() if isinstance(ensemble, LazyEnsemble) else ensemble
+    current = neutral(ens.members, list(names))
+    if not path.exists() or path.read_text(encoding="utf-8") != current.to_json():
+        current.save(path)
     out = work / form
     cfg = collect_config(path)
     run_eval(task, ensemble, cfg, out, offset, limit, progress=progress, models=list(names), label=f"collect {form}")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from adafuse.backends.base import fingerprint
+from adafuse.control.signals import pick_feature_names, route_feature_names
 from adafuse.errors import ConfigError
 
 FORMAT = "adafuse-controller"
@@ -82,6 +83,8 @@ class Controller:
         mine = self.names
         if list(names) != mine:
             raise ConfigError(f"the controller was fitted for members {mine}, not {list(names)}")
+        if self.route.features != route_feature_names(mine) or self.pick.features != pick_feature_names(mine):
+            raise ConfigError("the controller was fitted on other signals than this adafuse reads: fit it again")
         wrong = [
             n
             for n, m, want in zip(names, members, self.members, strict=True)
