@@ -24,7 +24,7 @@ from adafuse.backends import DEFAULT_ENSEMBLE
 from adafuse.control.fit import decide, example, task_form
 from adafuse.control.model import load_controller
 from adafuse.evaluation.compare import bootstrap_values
-from adafuse.evaluation.metrics import corpus_bleu, exact_match, item_quality
+from adafuse.evaluation.metrics import corpus_bleu, corpus_chrf, exact_match, item_quality, token_f1
 from adafuse.evaluation.runner import PREDICTIONS, read_predictions
 
 #: the rows reported on, after each form's fit and tune rows (control.fit.DEV_SPLITS).
@@ -69,21 +69,40 @@ def main() -> None:
             for k, n in enumerate(names):
                 methods.setdefault(n, []).append(ex.prediction[ex.own[k]])
         methods["oracle"] = [oracle(task.kind, ex, g) for (_, ex), g in zip(kept, golds, strict=True)]
-        if args.default_runs is not None:
+        subset = None
+        if args.default_runs is not None and (args.default_runs / form / PREDICTIONS).exists():
             default = read_predictions(args.default_runs / form / PREDICTIONS)
             if all(r["index"] in default for r, _ in kept):
                 methods["today's default"] = [default[r["index"]]["prediction"] for r, _ in kept]
+            else:
+                subset = [k for k, (r, _) in enumerate(kept) if r["index"] in default]
+                subset_default = [default[kept[k][0]["index"]]["prediction"] for k in subset]
         kind, metric = ("translation", "bleu") if task.kind == "translation" else ("qa", "em")
         scores = {m: whole(metric, preds, golds) for m, preds in methods.items()}
         draws = {m: bootstrap_values(kind, metric, p, golds, args.resamples, seed) for m, p in methods.items()}
         best_member = max(names, key=lambda n: scores[n])
         print(f"\n### {form} (rows {lo}-{hi - 1}, n={len(kept)}; routed {routed}/{len(kept)})\n")
-        print(f"| method | {metric.upper()} | minus {best_member} (best member), 95% interval |")
-        print("|---|---|---|")
+        second = "chrF" if metric == "bleu" else "F1"
+        print(f"| method | {metric.upper()} | minus {best_member} (best member), 95% interval | {second} |")
+        print("|---|---|---|---|")
         for m, s in scores.items():
             diff = draws[m] - draws[best_member]
             q = np.quantile(diff, [0.025, 0.975])
-            print(f"| {m} | {s:.2f} | {s - scores[best_member]:+.2f} [{q[0]:+.2f}, {q[1]:+.2f}] |")
+            other = whole("chrf" if metric == "bleu" else "f1", methods[m], golds)
+            print(f"| {m} | {s:.2f} | {s - scores[best_member]:+.2f} [{q[0]:+.2f}, {q[1]:+.2f}] | {other:.2f} |")
+        if subset:
+            sub_golds = [golds[k] for k in subset]
+            sub = {m: [p[k] for k in subset] for m, p in methods.items() if m != "oracle"}
+            sub["today's default"] = subset_default
+            shown = ", ".join(f"{m} {whole(metric, p, sub_golds):.2f}" for m, p in sub.items())
+            d = bootstrap_values(kind, metric, sub["controller"], sub_golds, args.resamples, seed) - bootstrap_values(
+                kind, metric, subset_default, sub_golds, args.resamples, seed
+            )
+            q = np.quantile(d, [0.025, 0.975])
+            print(
+                f"\nOn the {len(subset)} rows today's default was run on: {shown}; controller minus today's default "
+                f"[{q[0]:+.2f}, {q[1]:+.2f}]."
+            )
         print(gap(task.kind, names, [ex for _, ex in kept], golds, methods["controller"]))
         group = "zero-shot" if form.endswith("-0shot") else "few-shot"
         avg = averages.setdefault(group, {"controller": [], "best": [], "default": [], "d_best": [], "d_def": []})
@@ -150,7 +169,10 @@ def oracle(kind: str, ex, gold) -> str:  # type: ignore[no-untyped-def]
 def whole(metric: str, predictions: list[str], golds: list) -> float:
     if metric == "bleu":
         return corpus_bleu(predictions, golds)
-    return 100.0 * float(np.mean([exact_match(p, g) for p, g in zip(predictions, golds, strict=True)]))
+    if metric == "chrf":
+        return corpus_chrf(predictions, golds)
+    score = token_f1 if metric == "f1" else exact_match
+    return 100.0 * float(np.mean([score(p, g) for p, g in zip(predictions, golds, strict=True)]))
 
 
 if __name__ == "__main__":
