@@ -194,9 +194,14 @@ def test_the_shipped_controller_loads_and_decides_on_all_six_task_prompts(zoo_me
         item = task.items(0, 1)[0]
         cfg = task_config(DecodeConfig(controller="builtin", max_rounds=3), task)
         result = ens.generate(task.build_prompt(item.question), cfg)
-        route = result.rounds[0].signals["route"]
-        assert sorted(route) == sorted(ens.names) and abs(sum(route.values()) - 1) < 1e-9, name
+        signals = result.rounds[0].signals
         assert result.finish_reason in ("stop", "eos", "length"), name
+        if name == "gsm8k":
+            # Maths was not among its fit rows: today's rule decides (the evidence trusts Qwen-Coder alone).
+            assert signals["abstained"] and result.telemetry.benched == ["smollm2-135m", "gemma3-270m"]
+            continue
+        route = signals["route"]
+        assert sorted(route) == sorted(ens.names) and abs(sum(route.values()) - 1) < 1e-9, name
 
 
 @pytest.mark.parametrize(
