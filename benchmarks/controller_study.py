@@ -4,9 +4,9 @@ the per-item oracle (any member right) and, where given, today's default decoder
 Usage: python benchmarks/controller_study.py [--work runs/fit] [--controller builtin] [--default-runs DIR]
        [--resamples 1000]
 
-Reads the neutral-controller collection ``adafuse fit`` writes (``WORK/<form>/predictions.jsonl``; collect the
-report rows into it first, e.g. ``adafuse fit --rows nq=400:550:775`` collects up to row 775) and replays each
-item's decision (``control.fit.decide``: the same function of the same signals as a live request): a routed item
+Collects the report rows as ``adafuse fit`` collects its rows (``WORK/<form>/predictions.jsonl``, the neutral
+controller's decoding; only rows still missing are decoded, loading the built-in models) and replays each item's
+decision (``control.fit.decide``: the same function of the same signals as a live request): a routed item
 gets its member's greedy line, a fused one the line the pick commits. Each member alone is its own greedy line, as
 ``single`` writes it. ``--default-runs DIR``: ``DIR/<form>/predictions.jsonl`` of ``adafuse eval`` runs on the
 same rows, shown beside. Paired bootstrap over items (the same draw for every method of a form): EM for QA,
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from adafuse.backends import DEFAULT_ENSEMBLE
-from adafuse.control.fit import decide, example, task_form
+from adafuse.control.fit import collect, decide, example, task_form
 from adafuse.control.model import load_controller
 from adafuse.evaluation.compare import bootstrap_values
 from adafuse.evaluation.metrics import corpus_bleu, corpus_chrf, exact_match, item_quality, token_f1
-from adafuse.evaluation.runner import PREDICTIONS, read_predictions
+from adafuse.evaluation.runner import PREDICTIONS, LazyEnsemble, read_predictions
 
 #: the rows reported on, after each form's fit and tune rows (control.fit.DEV_SPLITS).
 REPORT_ROWS = {
@@ -48,13 +48,21 @@ def main() -> None:
     ap.add_argument("--forms", default=",".join(REPORT_ROWS))
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per member, for rows still to collect")
     args = ap.parse_args()
+    with LazyEnsemble(list(DEFAULT_ENSEMBLE), n_threads=args.threads) as lazy:
+        study(args, lazy)
+
+
+def study(args: argparse.Namespace, lazy: LazyEnsemble) -> None:
     ctl = load_controller(args.controller)
     names = list(DEFAULT_ENSEMBLE) if args.controller == "builtin" else ctl.names
     averages: dict[str, dict[str, list]] = {}
     for seed, form in enumerate(args.forms.split(",")):
         lo, hi = REPORT_ROWS[form]
         task = task_form(form, args.data_dir)
+        # The report rows' neutral decoding, collected as `adafuse fit` collects (only what is missing is decoded).
+        collect(task, form, lazy, names, args.work, lo, hi - lo, progress=True)
         records = read_predictions(args.work / form / PREDICTIONS)
         rows = [records[i] for i in range(lo, hi) if i in records]
         examples = [example(r, task, names) for r in rows]
