@@ -267,6 +267,8 @@ def main() -> int:
     if memory:
         waves = f"max {max(memory):.0f} MiB over {len(memory) - 1} waves"
         print(f"memory     server RSS {memory[0]:.0f} MiB at the start, {memory[-1]:.0f} MiB at the end ({waves})")
+        # The series shows whether memory settles (caches reach their size) or keeps climbing (a leak).
+        print("           after each wave: " + " ".join(f"{m:.0f}" for m in memory[1:]))
     for o in buckets["failed"]:
         print(f"  failed #{o.index} {o.kind} status={o.status} {o.error}")
     ok = not server_errors and lost == 0 and not buckets["failed"] and not health["running"] and not health["queued"]
