@@ -355,3 +355,16 @@ def test_the_lm_eval_command_line_finds_the_model_by_name(tmp_path):
     samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
     assert len(samples) == len(MC_ROWS)
     assert all(len(s["resps"]) == 3 and s["resps"][0][0][1] in (False, "False") for s in samples)
+
+
+def test_a_controller_in_the_model_args_is_checked_against_the_members_and_decides(tmp_path):
+    from adafuse.control.fit import neutral
+
+    path = tmp_path / "controller.json"
+    neutral([member_a(), member_b()], ["a", "b"]).save(path)
+    with pytest.raises(ConfigError, match=r"fitted for members \['a', 'b'\], not \['a'\]"):
+        AdafuseLM(ensemble=Ensemble([member_a()]), controller=str(path))
+    lm = model(member_a(), member_b(), controller=str(path))
+    assert lm.config.controller == str(path)
+    out = lm.generate_until([Instance("generate_until", {}, ("Q:", {"until": ["\n"]}), 0)])
+    assert out == [" Paris"]
