@@ -58,6 +58,7 @@ RETIRED: dict[str, dict[str, Any]] = {
     "telemetry": {"normalise": "token"},
 }
 
+
 def _case(item: dict[str, Any], label: str) -> tuple[Any, DecodeConfig, bool]:
     prompt = item.get("prompt") or item["messages"]
     config = DecodeConfig(
