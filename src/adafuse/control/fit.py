@@ -72,13 +72,14 @@ def neutral(members: Sequence[object], names: Sequence[str]) -> Controller:
     """The controller that collects: it never routes and its pick keeps the first candidate (zero weights)."""
     route_names, pick_names = route_feature_names(names), pick_feature_names(names)
 
-    def zero(n: int) -> Choice:
-        return Choice(n, [0.0] * len(n), [1.0] * len(n), [0.0] * len(n))  # type: ignore[arg-type]
+    def zero(features: list[str]) -> Choice:
+        n = len(features)
+        return Choice(features, [0.0] * n, [1.0] * n, [0.0] * n)
 
     return Controller(
         [{"name": n, "fingerprint": fingerprint(m)} for n, m in zip(names, members, strict=True)],
-        zero(route_names),  # type: ignore[arg-type]
-        zero(pick_names),  # type: ignore[arg-type]
+        zero(route_names),
+        zero(pick_names),
         route_at=2.0,
     )
 
