@@ -23,6 +23,7 @@ import numpy as np
 from adafuse.backends import DEFAULT_ENSEMBLE
 from adafuse.control.fit import collect, decide, example, task_form
 from adafuse.control.model import load_controller
+from adafuse.control.signals import pick_feature_names
 from adafuse.evaluation.compare import bootstrap_values
 from adafuse.evaluation.metrics import corpus_bleu, corpus_chrf, exact_match, item_quality, token_f1
 from adafuse.evaluation.runner import PREDICTIONS, LazyEnsemble, read_predictions
@@ -137,6 +138,7 @@ def gap(kind: str, names: list[str], examples: list, golds: list, chosen: list[s
     """What limits the controller: on the items where some member's line is better than the one it committed,
     whether any signal it reads would have told the better line apart."""
     n = lone = by_scores = 0
+    nll = pick_feature_names(names).index(f"nll:{names[0]}")  # the nll:<member> columns, in member order
     prefer = dict.fromkeys(names, 0)
     for ex, gold, pred in zip(examples, golds, chosen, strict=True):
         values = [item_quality(kind, p, gold) for p in ex.prediction]
@@ -146,7 +148,6 @@ def gap(kind: str, names: list[str], examples: list, golds: list, chosen: list[s
         n += 1
         got = ex.prediction.index(pred)
         lone += sum(ex.prediction[k] == ex.prediction[best] for k in ex.own) == 1
-        nll = 6 * len(names)  # the pick's nll:<member> columns (after by:<member> and its crossings)
         for k, m in enumerate(names):
             prefer[m] += ex.pick.x[best, nll + k] < ex.pick.x[got, nll + k]
         by_scores += ex.pick.x[best, nll : nll + len(names)].mean() < ex.pick.x[got, nll : nll + len(names)].mean()
@@ -154,7 +155,6 @@ def gap(kind: str, names: list[str], examples: list, golds: list, chosen: list[s
     own_best = dict.fromkeys(names, 0)
     split = [ex for ex in examples if len(ex.pick.y) > 1]
     for ex in split:
-        nll = 6 * len(names)
         for k, m in enumerate(names):
             own_best[m] += int(np.argmin(ex.pick.x[:, nll + k])) == ex.own[k]
     if not n:

@@ -120,7 +120,7 @@ def test_the_file_round_trips(task, tmp_path):
 
 def test_members_it_was_not_fitted_for_are_refused_in_one_line(tmp_path):
     path = tmp_path / "c.json"
-    neutral(members(), ["oracle", "sloppy", "wrong"]).save(path)
+    neutral(["oracle", "sloppy", "wrong"]).save(path)
     others = members()
     others[2].name = "other"
     with pytest.raises(ConfigError, match=r"fitted for members \['oracle', 'sloppy', 'wrong'\], not .*'other'"):
@@ -132,7 +132,7 @@ def test_other_weights_under_the_same_name_are_refused(tmp_path):
         def fingerprint(self) -> str:
             return "sha256:other"
 
-    ctl = neutral(members(), ["oracle", "sloppy", "wrong"])
+    ctl = neutral(["oracle", "sloppy", "wrong"])
     ctl.members[0]["fingerprint"] = "sha256:mine"
     path = tmp_path / "c.json"
     ctl.save(path)
@@ -223,6 +223,6 @@ def test_a_missing_or_mismatched_controller_is_one_line_on_the_command_line(tmp_
     from test_cli import adafuse, assert_one_line_error
 
     assert_one_line_error(adafuse("generate", "Q", "--controller", str(tmp_path / "none.json")), "No such file")
-    neutral(members(), ["oracle", "sloppy", "wrong"]).save(tmp_path / "other.json")
+    neutral(["oracle", "sloppy", "wrong"]).save(tmp_path / "other.json")
     proc = adafuse("generate", "Q", "--controller", str(tmp_path / "other.json"))
     assert_one_line_error(proc, "fitted for members ['oracle', 'sloppy', 'wrong']")

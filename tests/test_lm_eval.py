@@ -361,7 +361,7 @@ def test_a_controller_in_the_model_args_is_checked_against_the_members_and_decid
     from adafuse.control.fit import neutral
 
     path = tmp_path / "controller.json"
-    neutral([member_a(), member_b()], ["a", "b"]).save(path)
+    neutral(["a", "b"]).save(path)
     with pytest.raises(ConfigError, match=r"fitted for members \['a', 'b'\], not \['a'\]"):
         AdafuseLM(ensemble=Ensemble([member_a()]), controller=str(path))
     lm = model(member_a(), member_b(), controller=str(path))

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from adafuse.config import DecodeConfig
-from adafuse.control.model import Choice, Controller, fingerprint
+from adafuse.control.model import Choice, Controller, softmax
 from adafuse.control.signals import (
     RequestKind,
     pick_feature_names,
@@ -59,7 +59,6 @@ class Example:
     """One dev item's two decisions: route (one option per voting member) and pick (round 0's candidates);
     ``own[k]``: the candidate that route option k's member proposed."""
 
-    task: str
     row: int
     kind: tuple[float, ...]
     route: Group
@@ -68,8 +67,9 @@ class Example:
     prediction: list[str]
 
 
-def neutral(members: Sequence[object], names: Sequence[str]) -> Controller:
-    """The controller that collects: it never routes and its pick keeps the first candidate (zero weights)."""
+def neutral(names: Sequence[str]) -> Controller:
+    """The controller that collects: it never routes and its pick keeps the first candidate (zero weights). It
+    decides nothing, so it names no weight checksums and collecting needs no model loaded to write it."""
     route_names, pick_names = route_feature_names(names), pick_feature_names(names)
 
     def zero(features: list[str]) -> Choice:
@@ -77,7 +77,7 @@ def neutral(members: Sequence[object], names: Sequence[str]) -> Controller:
         return Choice(features, [0.0] * n, [1.0] * n, [0.0] * n)
 
     return Controller(
-        [{"name": n, "fingerprint": fingerprint(m)} for n, m in zip(names, members, strict=True)],
+        [{"name": n, "fingerprint": None} for n in names],
         zero(route_names),
         zero(pick_names),
         route_at=2.0,
@@ -108,7 +108,7 @@ def example(record: dict[str, Any], task: Task, names: Sequence[str]) -> Example
     preds = [task.extract_answer(answer_of(task, c.text)) for c in first.candidates]
     y = np.asarray([metrics.item_quality(task.kind, p, record["gold"]) for p in preds])
     own = [next(j for j, c in enumerate(first.candidates) if n in c.proposers) for n in voting]
-    return Example(task.name, int(record["index"]), kind.flags, Group(route_x, y[own]), Group(pick_x, y), own, preds)
+    return Example(int(record["index"]), kind.flags, Group(route_x, y[own]), Group(pick_x, y), own, preds)
 
 
 def answer_of(task: Task, line: str) -> str:
@@ -127,7 +127,7 @@ def fit_choice(groups: Sequence[Group], names: list[str], l2: float) -> Choice:
     scale = rows.std(axis=0)
     scale[scale < 1e-9] = 1.0
     zs = [(g.x - center) / scale for g in useful]
-    qs = [_softmax(g.y / TEMPERATURE) for g in useful]
+    qs = [softmax(g.y / TEMPERATURE) for g in useful]
     theta = np.zeros(rows.shape[1])
 
     def loss(t: np.ndarray) -> float:
@@ -139,7 +139,7 @@ def fit_choice(groups: Sequence[Group], names: list[str], l2: float) -> Choice:
         grad = l2 * theta
         hess = l2 * np.eye(len(theta))
         for z, q in zip(zs, qs, strict=True):
-            p = _softmax(z @ theta)
+            p = softmax(z @ theta)
             grad = grad + z.T @ (p - q) / len(zs)
             hess = hess + z.T @ (np.diag(p) - np.outer(p, p)) @ z / len(zs)
         step = np.linalg.solve(hess, grad)
@@ -159,9 +159,8 @@ def fit_choice(groups: Sequence[Group], names: list[str], l2: float) -> Choice:
 
 def decide(ctl: Controller, ex: Example) -> tuple[int, bool]:
     """(the chosen candidate, whether the request was routed) as ``decoding/controlled.py`` decides."""
-    probs = ctl.route.probabilities(ex.route.x)
-    best = int(probs.argmax())
-    if probs[best] >= ctl.route_at:
+    best = ctl.routed(ctl.route.probabilities(ex.route.x))
+    if best is not None:
         return ex.own[best], True
     if len(ex.pick.y) == 1:
         return 0, False
@@ -181,7 +180,7 @@ def fit_controller(
     log: Callable[[str], None] = lambda _: None,
 ) -> Controller:
     """Fit both choices on ``train``; choose the pick's lambda, then the route's lambda and threshold, on ``tune``."""
-    blank = neutral([None] * len(names), names)
+    blank = neutral(names)
 
     # The pick first, judged with every request fused.
     picks: list[tuple[float, Choice]] = []
@@ -211,11 +210,6 @@ def fit_controller(
         scores[f"tune {n} alone"] = float(np.mean([ex.route.y[k] for ex in tune]))
     scores["tune routed"] = sum(decide(ctl, ex)[1] for ex in tune) / max(1, len(tune))
     return Controller(members, route, pick, route_at, kinds, {**about, "quality": scores})
-
-
-def _softmax(s: np.ndarray) -> np.ndarray:
-    e = np.exp(s - s.max())
-    return e / e.sum()
 
 
 def _log_softmax(s: np.ndarray) -> np.ndarray:
@@ -259,14 +253,13 @@ def collect(
 ) -> list[Example]:
     """Decode rows ``offset .. offset + limit`` of ``task`` under the neutral controller into ``work/form``
     (resumable) and return their decisions. ``ensemble``: an Ensemble or a LazyEnsemble."""
-    from adafuse.evaluation.runner import PREDICTIONS, LazyEnsemble, read_predictions, run_eval
+    from adafuse.evaluation.runner import PREDICTIONS, read_predictions, run_eval
 
     work.mkdir(parents=True, exist_ok=True)
     path = work / "neutral.json"
     # Its decisions do not depend on the features (it never routes and keeps the first line), so rows collected
     # under an older feature set stay valid: the file is only brought up to date.
-    ens = ensemble() if isinstance(ensemble, LazyEnsemble) else ensemble
-    current = neutral(ens.members, list(names))
+    current = neutral(names)
     if not path.exists() or path.read_text(encoding="utf-8") != current.to_json():
         current.save(path)
     out = work / form

@@ -71,6 +71,11 @@ class Controller:
         """What a result records of the controller that decided it: a checksum of its file's content."""
         return "sha256:" + hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
 
+    def routed(self, probabilities: np.ndarray) -> int | None:
+        """The option the route sends the request to (its most probable member, if it reaches ``route_at``)."""
+        best = int(probabilities.argmax())
+        return best if probabilities[best] >= self.route_at else None
+
     def knows(self, flags: Sequence[float]) -> bool:
         return self.kinds is None or list(flags) in self.kinds
 

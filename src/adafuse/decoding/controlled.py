@@ -75,9 +75,9 @@ def route(state: DecodeState) -> tuple[dict[int, TopK], dict]:
     x = route_features(names, request_kind(state), evidence_by_name(state), margins, entropies, first_tokens)
     probs = ctl.route.probabilities(x)
     state.weights = tuple(float(probs[voting.index(v.name)]) if v.name in voting else 0.0 for v in state.views)
-    best = int(probs.argmax())
-    routed = voting[best] if probs[best] >= ctl.route_at else None
-    if routed is not None:
+    best = ctl.routed(probs)
+    routed = voting[best] if best is not None else None
+    if best is not None:
         state.active = [state.active[best]]
     signals = {
         "route": dict(zip(voting, map(float, probs), strict=True)),
