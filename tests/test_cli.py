@@ -32,7 +32,8 @@ def test_generate_json_prints_a_complete_result_from_the_built_in_models():
     out = json.loads(proc.stdout)
     assert set(out) >= {"text", "finish_reason", "rounds", "telemetry"}
     assert out["models"] == ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
-    assert out["text"] and "\n" not in out["text"]
+    # The answer ends at the stop string (equal weights on this zero-shot prompt may choose to end at once).
+    assert "\n" not in out["text"] and out["text"] == "".join(r["committed"] for r in out["rounds"]).split("\n")[0]
     assert out["finish_reason"] in ("stop", "eos", "length")
     assert len(out["rounds"]) == out["telemetry"]["rounds"] >= 1
     rnd = out["rounds"][0]

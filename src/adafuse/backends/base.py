@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -183,9 +184,36 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+@runtime_checkable
+class SharesCores(Protocol):
+    """An in-process member loaded without a thread count, whose numbers do not depend on how many threads compute
+    them (llama.cpp: each output is one thread's dot product): ``decoding.parallel`` shares the machine's cores
+    among the members working at once, and a member working alone gets them all."""
+
+    #: False where the user gave a thread count: the member keeps it.
+    shares_cores: bool
+
+    def set_threads(self, n: int) -> None:
+        """Compute the next calls with ``n`` threads."""
+        ...
+
+
 def runs_concurrently(member: object) -> bool:
     """True for a member that declares it may run beside the others (:class:`Concurrent`)."""
     return isinstance(member, Concurrent) and bool(member.concurrent)
+
+
+def shares_cores(member: object) -> bool:
+    """True for a member whose thread count ``decoding.parallel`` may set (:class:`SharesCores`)."""
+    return isinstance(member, SharesCores) and bool(member.shares_cores)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and ``taskset`` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def greedy(member: Member, context: Sequence[int], max_tokens: int, k: int, until: Until | None = None) -> list[Step]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, common_prefix_len, file_fingerprint
+from adafuse.backends.base import MemberStats, available_cores, common_prefix_len, file_fingerprint
 from adafuse.backends.prefix_cache import CHUNK, PrefixCachedMember, Row, chunks
 from adafuse.errors import MemberError, ModelLoadError, ModelNotFoundError
 
@@ -117,10 +117,12 @@ class LlamaCppMember(PrefixCachedMember):
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (corrupt or unsupported GGUF file)")
-        threads = n_threads or max(1, os.cpu_count() or 1)
-        # A member that leaves cores free runs alongside the others (``map_active``): one-token decodes of small
-        # models barely use a second thread, so members in parallel beat one member with all the threads.
-        self.concurrent = threads < (os.cpu_count() or 1) and not os.environ.get("XSEQ")
+        cores = available_cores()
+        threads = n_threads or cores
+        # With no thread count the ensemble shares the cores out per call (``decoding.parallel``, ``SharesCores``);
+        # a member given fewer threads than there are cores keeps them and runs beside the others.
+        self.shares_cores = n_threads is None
+        self.concurrent = threads < cores
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_batch = n_batch
         # Prompts are decoded in CHUNK-token calls and everything else one token at a time, so llama.cpp's
@@ -132,6 +134,12 @@ class LlamaCppMember(PrefixCachedMember):
         cparams.n_threads_batch = threads
         # Sliding-window models (Gemma 3) can only roll back inside a full-size cache.
         cparams.swa_full = True
+        # CPU flash attention splits a one-token decode's KV cells among the threads from 512 cells up, and the
+        # split moves logits by up to 0.3 nats between 1 and 2 threads (measured on SQuAD prompts). Without it every
+        # output is one thread's dot product: a member's numbers, and so an answer, do not depend on the thread
+        # count, which lets the ensemble share cores out per call (``decoding.parallel``) and gives the same bytes
+        # on machines with other core counts; the cost is 0-25% on 1,000-token prompts (docs/PERFORMANCE.md).
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.no_perf = True
         self._cparams = cparams
         # ``n_ctx`` is the window a request may fill; the KV cache starts small and doubles when a request needs
@@ -209,6 +217,15 @@ class LlamaCppMember(PrefixCachedMember):
         llama_cpp.llama_memory_seq_rm(self._mem, 0, n, -1)
         del self._lp[n:]
         return True
+
+    def set_threads(self, n: int) -> None:
+        """Compute the next calls with ``n`` threads (only for a member loaded without a thread count, which
+        ``decoding.parallel`` shares cores with): each output is one thread's dot product, so the numbers stay
+        the same (tested)."""
+        if self.shares_cores and n != self._cparams.n_threads:
+            with self._lock:
+                self._cparams.n_threads = self._cparams.n_threads_batch = n
+                llama_cpp.llama_set_n_threads(self._ctx, n, n)
 
     def _new_context(self, size: int) -> ctypes.c_void_p | None:
         self._cparams.n_ctx = size

@@ -28,7 +28,21 @@ ModelsOpt = Annotated[str | None, typer.Option(help="Comma-separated model specs
 NCtxOpt = Annotated[
     int, typer.Option("--n-ctx", help="Longest context per member, in its tokens (llama.cpp grows its cache to it).")
 ]
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads per member.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads per member, fixed. Default: the cores shared out among the members working at once, "
+        "all of them for a member working alone (llama.cpp members; docs/PERFORMANCE.md).",
+        min=1,
+    ),
+]
+OnFailureOpt = Annotated[
+    str,
+    typer.Option(
+        "--on-member-failure",
+        help="When a remote or text-only member fails: fail (an error naming it) or drop (go on without it).",
+    ),
+]
 ChatOpt = Annotated[bool, typer.Option(help="Render prompts with each member's chat template.")]
 
 #: older or shorter spellings some flags also answer to.

@@ -1,13 +1,23 @@
-"""Running members side by side: ``map_active`` runs one function per active member, members that declare
-``concurrent = True`` (remote ones, and in-process ones that leave cores free) in a thread pool."""
+"""Running members side by side: ``map_active`` runs one function per active member, the members that may run at
+once in a thread pool, with the machine's cores shared out among the in-process ones.
+
+The rule (measured in docs/PERFORMANCE.md, "Threads"): members loaded without a thread count work side by side
+with the cores divided among them, and a member working alone gets every core. One-token decodes of models this
+small barely use a second thread, so three members at one thread each beat three one after another with all the
+threads; a member alone, as when one is trusted, decodes faster with all of them. Explicit thread counts are kept:
+such a member runs beside the others when it leaves cores free. Remote members only wait on the network and always
+run beside the others. No member's numbers depend on the timing or on its thread count (tested), so neither does
+the answer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TypeVar
 
-from adafuse.backends.base import runs_concurrently
+from adafuse.backends.base import available_cores, runs_concurrently, shares_cores
 from adafuse.decoding.state import DecodeState
 
 T = TypeVar("T")
@@ -23,22 +33,50 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
-    """``[fn(i) for i in state.active]``, with members that declare ``concurrent`` run in worker threads.
+@dataclass(frozen=True)
+class Allocation:
+    """How one call runs its members (by position in the call): which go to worker threads, and the thread
+    count each core-sharing member computes with."""
 
-    An in-process member that uses every core runs here, one after another: two of them computing at once spin
-    on the same cores. One given fewer threads than there are cores (``--threads 1``) declares itself
-    concurrent, like remote members, which only wait on the network: one-token decodes of small models barely
-    use a second thread, so members side by side beat one member with all of them (docs/PERFORMANCE.md). Each
-    member's numbers do not depend on the timing, so neither does the answer. Every call finishes before this
-    returns, and the first error in member order is raised, so a failure is reported the same way whatever the
-    timing.
+    pooled: frozenset[int]
+    threads: dict[int, int] = field(default_factory=dict)
+
+
+def allocate(members: Sequence[object], cores: int | None = None) -> Allocation:
+    """The members that share cores split ``cores`` evenly (at least one thread each) and run side by side
+    when there are two or more of them; one alone computes with every core, in the calling thread."""
+    cores = cores or available_cores()
+    sharing = [j for j, m in enumerate(members) if shares_cores(m)]
+    others = {j for j, m in enumerate(members) if j not in sharing and runs_concurrently(m)}
+    if len(sharing) < 2:
+        return Allocation(frozenset(others), {j: cores for j in sharing})
+    each = max(1, cores // len(sharing))
+    return Allocation(frozenset(others | set(sharing)), {j: each for j in sharing})
+
+
+def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
+    """``[fn(i) for i in state.active]``, with members run side by side as ``allocate`` decides.
+
+    Every call finishes before this returns, and the first error in member order is raised, so a failure is
+    reported the same way whatever the timing.
     """
     members = list(state.active)
-    concurrent = [i for i in members if runs_concurrently(state.views[i].member)]
-    if len(members) < 2 or not concurrent:
+    plan = allocate([state.views[i].member for i in members])
+    shared = [(state.views[members[j]].member, n) for j, n in plan.threads.items()]
+    for member, n in shared:
+        member.set_threads(n)  # type: ignore[attr-defined]
+    try:
+        return _run(members, [i for j, i in enumerate(members) if j in plan.pooled], fn)
+    finally:
+        # Calls made outside this function (a baseline's lone member) compute with every core again.
+        for member, _ in shared:
+            member.set_threads(available_cores())  # type: ignore[attr-defined]
+
+
+def _run(members: list[int], pooled: list[int], fn: Callable[[int], T]) -> list[T]:
+    if len(members) < 2 or not pooled:
         return [fn(i) for i in members]
-    futures: dict[int, Future[T]] = {i: _pool().submit(fn, i) for i in concurrent}
+    futures: dict[int, Future[T]] = {i: _pool().submit(fn, i) for i in pooled}
     results: dict[int, T] = {}
     errors: dict[int, BaseException] = {}
     for i in members:

@@ -26,9 +26,11 @@ Not used, on purpose: ``echo`` scoring on llama-cpp-python sorts the whole vocab
 in Python (seconds per request on long prompts) and is off by one on models without BOS; ``text_offset`` is
 never used to locate tokens (we work in token space throughout).
 
-Numerics: llama.cpp's default context parameters use flash attention on CPU; llama-cpp-python's ``Llama`` turns
-it off unless told otherwise, and the log-probabilities then differ from an in-process member by up to ~0.4.
-Start the server with ``--flash_attn true`` to get the same numbers as a local member (within 2e-6).
+Numerics: the in-process llama.cpp backend computes without flash attention (its numbers then do not depend on the
+thread count), as llama-cpp-python's ``Llama`` does by default. A server started that way gives a fresh prompt's
+next-token distribution within 1e-5 of a local member's, but it evaluates contexts in other batches (a forced
+token's context again from its last token), and without flash attention llama.cpp's numbers depend on the batch:
+scores differ by up to about 0.2 nats (tests/test_remote.py).
 """
 
 from __future__ import annotations
