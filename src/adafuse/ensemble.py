@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from adafuse.backends import DEFAULT_ENSEMBLE, Member, load_member
+from adafuse.backends.remote.text import TextMember
 from adafuse.chat import Message, render_chat, validate_messages
 from adafuse.config import DecodeConfig
 from adafuse.control.model import Controller, load_controller
@@ -18,6 +19,7 @@ from adafuse.decoding.failure import FailurePolicy, check_policy
 from adafuse.decoding.guard import Budget, Guard
 from adafuse.decoding.loop import OnRound, Strategy, run
 from adafuse.decoding.state import DecodeState, MemberView
+from adafuse.decoding.text_proposals import TextProposer
 from adafuse.errors import ConfigError, ModelNotFoundError, PromptError, require_text
 from adafuse.result import Result
 
@@ -33,13 +35,21 @@ STRATEGIES: dict[str, Strategy] = {
 class Ensemble:
     """Several members writing one answer. Thread-safe: concurrent calls to ``generate`` run one at a time."""
 
-    def __init__(self, members: Sequence[Member], on_member_failure: str = "fail") -> None:
+    def __init__(self, members: Sequence[Member | TextMember], on_member_failure: str = "fail") -> None:
         if not members:
             raise ConfigError("an ensemble needs at least one member")
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise ConfigError(f"member names must be unique, got {names}")
-        self.members = list(members)
+        #: the members that score and vote (the judges of text-only members' candidates).
+        self.members: list[Member] = [m for m in members if not isinstance(m, TextMember)]
+        #: text-only members (``text+http://``): they propose and never vote.
+        self.text_members = [m for m in members if isinstance(m, TextMember)]
+        if not self.members:
+            raise ConfigError(
+                f"text-only members ({', '.join(names)}) need at least one member that can score their candidates "
+                "(a local model, hf:DIR or a scoring http:// member) to judge them"
+            )
         #: "fail" or "drop": what a generation does when a member fails mid-way (see decoding.failure).
         self.on_member_failure = check_policy(on_member_failure)
         self._lock = threading.Lock()
@@ -57,7 +67,7 @@ class Ensemble:
         check_policy(on_member_failure)  # before loading anything
         if any(not s.strip() for s in specs):
             raise ModelNotFoundError("empty model name in the model list")
-        loaded: list[Member] = []
+        loaded: list[Member | TextMember] = []
         try:
             for spec in specs:
                 loaded.append(load_member(spec, n_ctx=n_ctx, n_threads=n_threads))
@@ -129,20 +139,28 @@ class Ensemble:
             if not 0 <= active[0] < len(self.members):
                 raise ConfigError(f"single_member {active[0]} is not a member index (0..{len(self.members) - 1})")
         controller = self.controller(cfg)
+        if self.text_members and (cfg.method != "adafuse" or controller is not None):
+            raise ConfigError(
+                f"text-only members ({', '.join(m.name for m in self.text_members)}) take part in adafuse rounds "
+                f"only, not in method {cfg.method!r}{' with a controller' if controller is not None else ''}"
+            )
         strategy = controlled_round if controller is not None else STRATEGIES[cfg.method]
+        # A chat request reaches a text-only member as messages (its endpoint applies its own template).
+        asked = [{"role": "user", "content": prompt}] if chat and isinstance(prompt, str) else prompt
+        texts = [TextProposer(m, asked, self.on_member_failure) for m in self.text_members]
         with self._lock:
             policy = FailurePolicy(strategy, self.on_member_failure)
             active = policy.admit(views, active)  # a member already down is dropped (or fails) here
             for i in active:
                 _check_fits(views[i], cfg)
             guard = Guard(self.members, cancel, budget or Budget())
-            state = DecodeState(views, cfg, weights, active=active, guard=guard, controller=controller)
+            state = DecodeState(views, cfg, weights, active=active, guard=guard, controller=controller, texts=texts)
             result = run(state, policy, cfg.method, on_round)
             result.telemetry.dropped.update(policy.dropped)
             return result
 
     def close(self) -> None:
-        for m in self.members:
+        for m in [*self.members, *self.text_members]:
             m.close()
 
     def __enter__(self) -> Ensemble:

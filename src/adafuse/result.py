@@ -79,6 +79,9 @@ class Telemetry:
     evidence: str | None = None
     #: the controller file's fingerprint when one decided the request.
     controller: str | None = None
+    #: text-only members (``text+http://``): calls, prompt and completion tokens as their API reports them,
+    #: seconds waited on it, rounds it proposed in and won, and why it sat out (None if it never did).
+    api: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def tokens_evaluated(self) -> int:
@@ -97,6 +100,8 @@ class Result:
 
     def to_dict(self, trace: bool = True) -> dict[str, Any]:
         d = asdict(self)
+        if not d["telemetry"]["api"]:
+            del d["telemetry"]["api"]  # no text-only member: the results read as they always have
         if not trace:
             d.pop("rounds")
         return d

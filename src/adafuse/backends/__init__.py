@@ -9,7 +9,8 @@ __all__ = ["DEFAULT_ENSEMBLE", "ZOO", "Member", "MemberStats", "Step", "TopK", "
 
 
 def load_member(spec: str, n_ctx: int = 4096, n_threads: int | None = None) -> Member:
-    """A member from a spec: a built-in name, a ``.gguf`` path (llama.cpp), ``hf:DIR`` or ``http(s)://...``."""
+    """A member from a spec: a built-in name, a ``.gguf`` path (llama.cpp), ``hf:DIR``, ``http(s)://...``
+    or a text-only ``text+http(s)://...`` (``backends.remote.text``)."""
     spec = spec.strip()
     if spec.startswith("hf:"):
         from adafuse.backends.hf import HFMember
@@ -23,6 +24,10 @@ def load_member(spec: str, n_ctx: int = 4096, n_threads: int | None = None) -> M
 
             raise ConfigError(f"unknown option(s) {sorted(unknown)} in {spec!r}; hf: specs take device and dtype")
         return HFMember(target, n_ctx=n_ctx, n_threads=n_threads, **opts)
+    if spec.startswith(("text+http://", "text+https://")):
+        from adafuse.backends.remote.text import TextMember
+
+        return TextMember(spec)  # type: ignore[return-value]  # kept apart by Ensemble: it proposes, never scores
     if spec.startswith(("http://", "https://")):
         from adafuse.backends.remote import RemoteMember
 

@@ -13,6 +13,7 @@ from adafuse.cli.common import (
     ChatOpt,
     ModelsOpt,
     NCtxOpt,
+    OnFailureOpt,
     ThreadsOpt,
     check_n_ctx,
     decoding_flags,
@@ -23,6 +24,7 @@ from adafuse.cli.common import (
     unescape,
 )
 from adafuse.config import DecodeConfig
+from adafuse.decoding.failure import check_policy
 from adafuse.errors import AdafuseError
 
 
@@ -33,6 +35,7 @@ def generate_command(
     chat: ChatOpt = False,
     n_ctx: NCtxOpt = 4096,
     threads: ThreadsOpt = None,
+    on_member_failure: OnFailureOpt = "fail",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     trace: Annotated[bool, typer.Option(help="With --json: include the per-round trace.")] = True,
     *,
@@ -44,12 +47,14 @@ def generate_command(
         if not text.strip():
             fail("the prompt is empty")
         check_n_ctx(n_ctx)
+        check_policy(on_member_failure)
         specs = parse_models(models)
-        # Checked before loading anything: a wrong count is a typo, not worth a model load.
-        config.member_weights(len(specs))
+        # Checked before loading anything: a wrong count is a typo, not worth a model load. Text-only members
+        # do not vote, so they take no weight.
+        config.member_weights(sum(not s.startswith("text+") for s in specs))
         from adafuse.ensemble import Ensemble
 
-        with Ensemble.from_specs(specs, n_ctx=n_ctx, n_threads=threads) as ens:
+        with Ensemble.from_specs(specs, n_ctx=n_ctx, n_threads=threads, on_member_failure=on_member_failure) as ens:
             result = ens.generate(text, config, chat=chat)
     except AdafuseError as exc:
         fail(str(exc))

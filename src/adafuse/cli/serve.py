@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from adafuse.cli.common import ModelsOpt, NCtxOpt, ThreadsOpt, check_n_ctx, decoding_flags, fail, parse_models
+from adafuse.cli.common import (
+    ModelsOpt,
+    NCtxOpt,
+    OnFailureOpt,
+    ThreadsOpt,
+    check_n_ctx,
+    decoding_flags,
+    fail,
+    parse_models,
+)
 from adafuse.config import DecodeConfig
 from adafuse.decoding.failure import POLICIES
 from adafuse.decoding.guard import Budget
@@ -32,9 +41,7 @@ def serve_command(
     request_tokens: Annotated[
         int | None, typer.Option("--request-tokens", help="Budget of every request: tokens the members evaluate.")
     ] = None,
-    on_member_failure: Annotated[
-        str, typer.Option("--on-member-failure", help="fail: answer 502; drop: go on without the member.")
-    ] = "fail",
+    on_member_failure: OnFailureOpt = "fail",
     n_ctx: NCtxOpt = 4096,
     threads: ThreadsOpt = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",

@@ -22,7 +22,7 @@ from adafuse.result import Proposal, Round
 
 def adafuse_round(state: DecodeState, index: int) -> Round:
     cfg = state.config
-    if len(state.active) == 1:
+    if len(state.active) == 1 and all(t.out is not None for t in state.texts):
         return solo_round(state, index)
     firsts: dict[int, TopK] = {}
     if cfg.granularity == "adaptive":
@@ -36,14 +36,23 @@ def adafuse_round(state: DecodeState, index: int) -> Round:
         first = firsts[i] if i in firsts else first_step(state, i)
         return (first, *propose(state, i, first, unit))
 
+    for text in state.texts:
+        text.prepare(state)  # its call, if it needs one, runs while the members draft
     proposals: list[Proposal] = []
     drafts: list[Draft] = []
     for i, (first, proposal, own) in zip(state.active, map_active(state, member_round), strict=True):
         firsts[i] = first
         proposals.append(proposal)
         drafts.extend(own)
-    candidates = union(drafts, [v.name for v in state.views])
-    fast = len(candidates) == 1 and len(drafts) == len(state.active)
+    # Every member wrote one draft and they agree: nothing to choose (a text-only member may still disagree).
+    agreed = len(drafts) == len(state.active)
+    for k, text in enumerate(state.texts):
+        got = text.propose(state, unit, len(state.views) + k)
+        if got is not None:
+            proposals.append(got[0])
+            drafts.append(got[1])
+    candidates = union(drafts, [v.name for v in state.views] + [t.name for t in state.texts])
+    fast = len(candidates) == 1 and agreed
     if fast:
         chosen = 0
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from adafuse.decoding.evidence import apply_auto_weights, prompt_nll_per_byte
 from adafuse.decoding.guard import BudgetSpent
@@ -16,6 +17,9 @@ from adafuse.decoding.state import DecodeState
 from adafuse.decoding.stopping import find_stop
 from adafuse.decoding.words import decode_utf8_prefix
 from adafuse.result import MemberTelemetry, Result, Round, Telemetry
+
+if TYPE_CHECKING:
+    from adafuse.decoding.text_proposals import TextProposer
 
 Strategy = Callable[[DecodeState, int], Round]
 #: called after every commit with the round and the text committed so far (streaming, progress, cancellation:
@@ -33,6 +37,8 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     weights = {state.views[i].name: state.weights[i] for i in state.active}
     benched: list[str] = []
     finish = ""
+    for text in state.texts:
+        text.prepare(state)  # the endpoints write while the members read the prompt
     try:
         # The evidence read comes first: it may leave a member's cache inside the prompt, which prefill completes.
         if state.controller is not None:
@@ -59,6 +65,9 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
     except BudgetSpent:
         # Inside a round: the round is dropped and the answer is what was committed before it.
         finish = "budget"
+    finally:
+        for text in state.texts:
+            text.cancel()
     if state.controller is not None:
         # The weights its route choice gave (or today's rule, where it abstained), and who sat out.
         weights = {v.name: state.weights[i] for i, v in enumerate(state.views) if state.weights[i] > 0}
@@ -84,16 +93,35 @@ def run(state: DecodeState, strategy: Strategy, method: str, on_round: OnRound |
         prompt_nll=evidence[0] if evidence else {},
         evidence=evidence[1] if evidence else None,
         controller=state.controller.digest if state.controller is not None else None,
+        api={t.name: _api_telemetry(t, rounds) for t in state.texts},
     )
+    for t in state.texts:
+        if t.usage.failures:
+            telemetry.dropped[t.name] = t.usage.failures[-1]
     return Result(
         text=state.committed,
         finish_reason=finish,
         rounds=rounds,
         telemetry=telemetry,
         method=method,
-        models=[v.name for v in state.views],
+        models=[v.name for v in state.views] + [t.name for t in state.texts],
         config=cfg.to_dict(),
     )
+
+
+def _api_telemetry(text: TextProposer, rounds: list[Round]) -> dict[str, Any]:
+    """A text-only member's cost as its API reports it, and how its proposals fared."""
+    usage = text.usage
+    proposed = [r for r in rounds if any(p.member == text.name for p in r.proposals)]
+    return {
+        "calls": usage.calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "seconds": usage.seconds,
+        "rounds_proposed": len(proposed),
+        "rounds_won": sum(text.name in r.winner.proposers for r in proposed),
+        "sat_out": text.out,
+    }
 
 
 def bench(state: DecodeState) -> list[str]:

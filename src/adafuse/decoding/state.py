@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from adafuse.backends.base import Member
 from adafuse.config import DecodeConfig
 from adafuse.control.model import Controller
 from adafuse.decoding.guard import Guard
 from adafuse.result import Round
+
+if TYPE_CHECKING:
+    from adafuse.decoding.text_proposals import TextProposer
 
 
 @dataclass
@@ -73,6 +77,8 @@ class DecodeState:
     #: member index -> NLL per byte, and what was scored ("answers" or "instructions").
     controller: Controller | None = None
     evidence: tuple[dict[int, float], str] | None = None
+    #: text-only members (decoding/text_proposals.py): they propose in AdaFuse rounds and never vote.
+    texts: list[TextProposer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.active:

@@ -96,6 +96,7 @@ class EngineClient:
         retries: int,
         concurrency: int,
         backoff: float,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.base_url = base_url
         self.api = "/v1"
@@ -125,6 +126,7 @@ class EngineClient:
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            headers=headers,
             trust_env=False,  # a proxy from the environment must not sit between us and a loopback engine
         )
         self._tok_cache: OrderedDict[str, tuple[int, ...]] = OrderedDict()
