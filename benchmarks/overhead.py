@@ -1,34 +1,42 @@
-"""What fusion costs: adafuse against its members run alone, and against a naive re-encoding form.
+"""What fusion costs: adafuse against its members run alone, each at its fastest thread count, and against a naive
+re-encoding form.
 
 Usage:
-  python benchmarks/overhead.py --task triviaqa --n 50 [--offset 1500] [--backend llamacpp|hf] [--naive 5]
-      [--lengths 16,64,256] [--out docs/perf/triviaqa.json]
+  python benchmarks/overhead.py --task triviaqa --n 50 [--offset 1600] [--shots 0] [--weights equal|auto]
+      [--models hf:smollm2-135m,...] [--threads-grid 1,2] [--allocations auto,sequential,side-by-side]
+      [--naive 2] [--lengths 8,32,128] [--out docs/perf/triviaqa.json]
 
-Everything below is measured in one process, one run, so the ratios compare like with like on a shared
-machine:
-- overhead ratio: adafuse wall time / sum of the members' single-model greedy wall times, same prompts, same
-  backend, same output budget (the task's);
-- tokens evaluated per committed output token, per member, excluding each prompt's own prefill
-  (the floor is about 1 plus the scored candidates);
+Everything below is measured in one process, one run, so the ratios compare like with like on a shared machine:
+- each member alone (the ``single`` method: its own greedy decode) at every thread count of ``--threads-grid``
+  (default: 1 and every core), and its fastest; the thread counts are in the output;
+- the ensemble under each allocation of ``--allocations``: ``auto`` (the library's default: cores shared out
+  among the members working at once, ``decoding/parallel.py``), ``sequential`` (one after another, every core
+  each) and ``side-by-side`` (one thread each, all at once);
+- ratios: ensemble wall / sum of the members' fastest walls, and / the best member's fastest wall;
+- tokens evaluated per committed output token, per member;
 - speed-up over the naive form of the same algorithm, which re-encodes the whole context on every call (the
   reference code's cost model; ``NaiveMember`` below, kept here and not in the library);
 - peak resident memory against the sum of the model files' sizes;
 - growth of the cost with the output length (--lengths: budgets in tokens; prompts without a stop string).
+
+Before anything is timed every member reads the first prompt once, so every timed run starts with the task's
+few-shot part cached, as it is in a long evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from adafuse.backends import DEFAULT_ENSEMBLE, load_member
-from adafuse.backends.base import Member, TopK
+from adafuse.backends.base import Member, TopK, available_cores
 from adafuse.config import DecodeConfig
 from adafuse.ensemble import Ensemble
 from adafuse.evaluation.tasks import load_task
@@ -83,20 +91,55 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _set_threads(member: Any, n: int) -> None:
+    if hasattr(member, "set_threads"):
+        member.set_threads(n)
+    else:  # transformers: torch's intra-op thread count is per process
+        import torch
+
+        torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def pinned(members: Sequence[Any], threads: int | None, concurrent: bool) -> Iterator[None]:
+    """Members fixed at ``threads`` each (None: the library's own allocation), run side by side or not."""
+    saved = [(m.__dict__.get("shares_cores"), m.__dict__.get("concurrent")) for m in members]
+    try:
+        if threads is not None:
+            for m in members:
+                _set_threads(m, threads)  # while it still shares cores: set_threads acts only then
+                if "shares_cores" in m.__dict__:
+                    m.shares_cores = False
+                m.concurrent = concurrent
+        yield
+    finally:
+        for m, (shares, conc) in zip(members, saved, strict=True):
+            if shares is not None:
+                m.shares_cores = shares
+            if conc is not None:
+                m.concurrent = conc
+            if threads is not None:
+                _set_threads(m, available_cores())
+
+
+#: allocation name -> (threads per member or None for the library's rule, side by side)
+ALLOCATIONS = {"auto": (None, False), "sequential": (available_cores(), False), "side-by-side": (1, True)}
+
+
 def timed(ens: Ensemble, prompts: Sequence[str], cfg: DecodeConfig) -> dict[str, Any]:
     start = time.perf_counter()
     before = {m.name: m.stats.snapshot() for m in ens.members}
     out_tokens = 0
-    prompt_tokens = {m.name: 0 for m in ens.members}
     texts = []
+    voting: set[str] = set()
     for p in prompts:
         res = ens.generate(p, cfg)
         out_tokens += res.telemetry.output_tokens
         texts.append(res.text)
-        for mt in res.telemetry.members:
-            # Only what this request had to prefill: chunks reused from the shared few-shot prefix are free.
-            prompt_tokens[mt.name] += max(0, mt.prompt_tokens - mt.tokens_reused) if mt.tokens_reused else 0
+        voting.update(n for n in res.models if n not in res.telemetry.benched)
     wall = time.perf_counter() - start
+    # The thread count each llama.cpp member computed one-token decodes with at the end (a check on ``pinned``).
+    threads = {m.name: m._cparams.n_threads for m in ens.members if hasattr(m, "_cparams")}
     per_member = {}
     for m in ens.members:
         b = before[m.name]
@@ -104,7 +147,13 @@ def timed(ens: Ensemble, prompts: Sequence[str], cfg: DecodeConfig) -> dict[str,
             "forward_calls": m.stats.forward_calls - b.forward_calls,
             "tokens_evaluated": m.stats.tokens_evaluated - b.tokens_evaluated,
         }
-    return {"wall_seconds": wall, "output_tokens": out_tokens, "members": per_member, "texts": texts}
+    # ``voting``: the members that took part in at least one answer (the others were benched on every prompt).
+    return {"wall_seconds": wall, "output_tokens": out_tokens, "members": per_member, "texts": texts,
+            "voting": sorted(voting), "threads_after": threads}  # fmt: skip
+
+
+def _public(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if k != "texts"}
 
 
 def main() -> None:
@@ -112,56 +161,85 @@ def main() -> None:
     ap.add_argument("--task", default="triviaqa")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--shots", type=int, default=None, help="0: the task's zero-shot form")
     ap.add_argument("--models", default=",".join(DEFAULT_ENSEMBLE))
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--naive", type=int, default=5, help="prompts for the naive comparison (it is slow)")
+    ap.add_argument("--threads-grid", default="", help="thread counts to time each member alone at (default 1,cores)")
+    ap.add_argument("--allocations", default="auto", help=f"ensemble allocations, of {','.join(ALLOCATIONS)}")
+    ap.add_argument("--naive", type=int, default=0, help="prompts for the naive comparison (it is slow)")
     ap.add_argument("--lengths", default="", help="output budgets for the growth test, e.g. 16,64,256")
-    ap.add_argument(
-        "--sequential", action="store_true", help="run members one after another even when they leave cores free"
-    )
     ap.add_argument("--n-ctx", type=int, default=4096, help="context window per member (the library default)")
     ap.add_argument("--out", type=Path)
     ap.add_argument(
         "--weights",
         default="equal",
         choices=("equal", "auto"),
-        help="equal: the paper's setting, which docs/PERFORMANCE.md measures; auto: the library's default",
+        help="equal: every member fuses (the paper's setting); auto: the library's default",
     )
     args = ap.parse_args()
 
-    task = load_task(args.task)
+    task = load_task(args.task, shots=args.shots)
     items = task.items(offset=args.offset, limit=args.n)
     prompts = [task.build_prompt(it.question) for it in items]
     specs = args.models.split(",")
+    cores = available_cores()
+    grid = sorted({int(x) for x in args.threads_grid.split(",") if x} or {1, cores})
+    allocations = [a for a in args.allocations.split(",") if a]
     rss_before_models = current_rss_bytes()
     t0 = time.perf_counter()
-    members: list[Member] = [load_member(s, n_ctx=args.n_ctx, n_threads=args.threads) for s in specs]
+    # No thread count: the library's default, which the ``auto`` allocation measures.
+    members: list[Member] = [load_member(s, n_ctx=args.n_ctx) for s in specs]
     load_seconds = time.perf_counter() - t0
-    if args.sequential:
-        for m in members:
-            m.concurrent = False  # type: ignore[attr-defined]
     ens = Ensemble(members)
     cfg = DecodeConfig(
         weights=args.weights, stop=task.stop, max_new_tokens=task.max_new_tokens, stop_at_boxed=task.stop_at_boxed
     )
-    report: dict[str, Any] = {"task": args.task, "n": len(prompts), "offset": args.offset, "models": specs}
-    report["load_seconds"] = load_seconds
-    report["n_ctx"] = args.n_ctx
-    report["threads"] = args.threads
-    report["concurrent_members"] = [bool(getattr(m, "concurrent", False)) for m in members]
+    report: dict[str, Any] = {"task": args.task, "shots": args.shots, "n": len(prompts), "offset": args.offset}
+    report.update(models=specs, cores=cores, load_seconds=load_seconds, n_ctx=args.n_ctx, weights=args.weights)
     report["rss_before_models_bytes"] = rss_before_models
 
-    singles = {}
+    for i in range(len(members)):
+        ens.generate(prompts[0], DecodeConfig(method="single", single_member=i, max_new_tokens=1))
+
+    singles: dict[str, dict[str, Any]] = {}
+    texts: dict[str, list[str]] = {}
     for i, m in enumerate(members):
-        singles[m.name] = timed(ens, prompts, DecodeConfig(**{**cfg.__dict__, "method": "single", "single_member": i}))
-    fused = timed(ens, prompts, cfg)
-    sum_single = sum(s["wall_seconds"] for s in singles.values())
-    report["single"] = {k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in singles.items()}
-    report["adafuse"] = {k: v for k, v in fused.items() if k != "texts"}
-    report["overhead_ratio"] = fused["wall_seconds"] / sum_single
-    report["tokens_per_output_token"] = {
-        name: v["tokens_evaluated"] / max(1, fused["output_tokens"]) for name, v in fused["members"].items()
-    }
+        singles[m.name] = {"by_threads": {}}
+        for t in grid:
+            with pinned([m], t, False):
+                run = timed(ens, prompts, DecodeConfig(**{**cfg.__dict__, "method": "single", "single_member": i}))
+            singles[m.name]["by_threads"][str(t)] = _public(run)
+            texts[f"{m.name}@{t}"] = run["texts"]
+        fastest = min(grid, key=lambda t: singles[m.name]["by_threads"][str(t)]["wall_seconds"])
+        singles[m.name]["fastest_threads"] = fastest
+        singles[m.name]["fastest_seconds"] = singles[m.name]["by_threads"][str(fastest)]["wall_seconds"]
+    report["single"] = singles
+    sum_fastest = sum(s["fastest_seconds"] for s in singles.values())
+    best = min(singles, key=lambda n: singles[n]["fastest_seconds"])
+    report["sum_of_fastest_singles_seconds"] = sum_fastest
+    report["best_single"] = {"member": best, "seconds": singles[best]["fastest_seconds"]}
+    report["singles_same_text_across_threads"] = all(
+        texts[f"{m.name}@{t}"] == texts[f"{m.name}@{grid[0]}"] for m in members for t in grid
+    )
+
+    fused: dict[str, Any] = {}
+    fused_texts = []
+    for alloc in allocations:
+        threads, side = ALLOCATIONS[alloc]
+        with pinned(members, threads, side):
+            run = timed(ens, prompts, cfg)
+        fused_texts.append(run["texts"])
+        fused[alloc] = _public(run)
+        fused[alloc]["over_sum_of_fastest_singles"] = run["wall_seconds"] / sum_fastest
+        fused[alloc]["over_best_single"] = run["wall_seconds"] / singles[best]["fastest_seconds"]
+        if len(run["voting"]) == 1:
+            # One member trusted on every prompt (the others benched): the cost against that member alone.
+            (trusted,) = run["voting"]
+            fused[alloc]["over_trusted_single"] = run["wall_seconds"] / singles[trusted]["fastest_seconds"]
+        fused[alloc]["tokens_per_output_token"] = {
+            name: v["tokens_evaluated"] / max(1, run["output_tokens"]) for name, v in run["members"].items()
+        }
+    report["adafuse"] = fused
+    report["adafuse_same_text_across_allocations"] = all(t == fused_texts[0] for t in fused_texts)
 
     if args.naive:
         sub = prompts[: args.naive]
@@ -181,8 +259,7 @@ def main() -> None:
     if args.lengths:
         growth = []
         for budget in (int(x) for x in args.lengths.split(",")):
-            gcfg = DecodeConfig(weights=args.weights, max_new_tokens=budget)
-            res = timed(ens, prompts[:3], gcfg)
+            res = timed(ens, prompts[:3], DecodeConfig(weights=args.weights, max_new_tokens=budget))
             growth.append(
                 {
                     "budget": budget,

@@ -9,4 +9,5 @@ if [ -z "${ADAFUSE_DATA:-}" ] && [ -d ../shared/data ]; then
   ADAFUSE_DATA="$(cd ../shared/data && pwd)"
   export ADAFUSE_DATA
 fi
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# --durations: the slowest tests, so that the suite stays well under its 20 minutes.
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 "$@"

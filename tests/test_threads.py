@@ -95,7 +95,7 @@ def test_a_llamacpp_members_numbers_do_not_depend_on_its_thread_count():
 
 @pytest.mark.parametrize("weights", ["equal", "auto"])
 def test_the_default_allocation_writes_what_members_one_after_another_write(zoo_members, trivia_prompt, weights):
-    prompts = [trivia_prompt, trivia_prompt.replace("France", "Peru"), "Question: Who wrote Hamlet?\nAnswer:"]
+    prompts = [trivia_prompt, "Question: Who wrote Hamlet?\nAnswer:"]
     cfg = DecodeConfig(weights=weights, stop=["\n"], max_new_tokens=12)
     pinned = Ensemble(zoo_members)  # two threads each, one after another
     auto = Ensemble([load_member(name, n_ctx=2048) for name in DEFAULT_ENSEMBLE])

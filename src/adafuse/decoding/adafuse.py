@@ -5,7 +5,8 @@ setting) while they stay confident; uncertain members branch on their top-B firs
 distinct candidates are scored by every member and the lowest weighted mean NLL wins. When every member proposes
 the same single string, scoring cannot change the choice, so it is skipped (the fast path). A member left voting
 alone has no one to judge its branches, so it writes its greedy answer (``solo_round``; docs/RESULTS.md, "Lone
-member").
+member"). Text-only members (API models) add their candidates before the union and never vote
+(``decoding/text_proposals.py``).
 """
 
 from __future__ import annotations
