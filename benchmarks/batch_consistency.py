@@ -10,12 +10,12 @@ Usage: ADAFUSE_DATA=../shared/data python benchmarks/batch_consistency.py [--out
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from report import emit  # benchmarks/report.py: run as python benchmarks/NAME.py
 
 from adafuse.backends import DEFAULT_ENSEMBLE, load_member
 
@@ -76,11 +76,7 @@ def main() -> None:
             timing[k] = {"seconds_per_call": seconds / calls, "seconds_per_token": seconds / 24}
         report[name] = {"max_abs_logit_difference_vs_one_token_calls": per_length, "timing": timing}
         member.close()
-    text_out = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text_out + "\n")
-    print(text_out)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import resource
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from report import emit  # benchmarks/report.py: run as python benchmarks/NAME.py
 
 from adafuse.backends import DEFAULT_ENSEMBLE, load_member
 from adafuse.backends.base import Member, TopK, available_cores
@@ -274,11 +275,7 @@ def main() -> None:
     report["peak_rss_bytes"] = peak_rss_bytes()
     report["model_bytes"] = sizes
     report["rss_over_models"] = report["peak_rss_bytes"] / sizes if sizes else None
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ phase is Python, numpy and llama-cpp-python's bindings. Tokens evaluated are cou
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from report import emit  # benchmarks/report.py: run as python benchmarks/NAME.py
 
 import adafuse.decoding.adafuse as adafuse_round
 import adafuse.decoding.loop as loop
@@ -123,11 +124,7 @@ def main() -> None:
             for k in sorted(wall, key=lambda k: -wall[k])
         },
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from report import emit  # benchmarks/report.py: run as python benchmarks/NAME.py
 
 from adafuse.backends import DEFAULT_ENSEMBLE, load_member
 from adafuse.backends.zoo import zoo_path
@@ -114,11 +115,7 @@ def main() -> None:
         proc.wait(20)
         for m in local.values():
             m.close()
-    out = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(out + "\n")
-    print(out)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

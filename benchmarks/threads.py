@@ -19,6 +19,7 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
+from report import emit  # benchmarks/report.py: run as python benchmarks/NAME.py
 
 from adafuse.backends import DEFAULT_ENSEMBLE, load_member
 from adafuse.backends.base import available_cores
@@ -75,11 +76,7 @@ def main() -> None:
     for name in DEFAULT_ENSEMBLE:
         report[name] = {f"flash_{'on' if f else 'off'}": measure(name, prompts, cfg, f) for f in (True, False)}
         print(name, json.dumps(report[name]), flush=True)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
