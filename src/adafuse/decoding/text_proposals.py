@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from adafuse.backends.remote.text import ApiUsage, Completion, TextMember
 from adafuse.chat import Message
+from adafuse.decoding.failure import reason_of
 from adafuse.decoding.granularity import Unit, boundary_end
 from adafuse.decoding.parallel import _pool
 from adafuse.decoding.scoring import Draft
@@ -109,8 +110,8 @@ class TextProposer:
                     self._pending = None
                     if self.policy == "fail":
                         raise
-                    self.out = str(exc)
-                    self.usage.failures.append(str(exc))
+                    self.out = reason_of(exc)  # the name is the key it is recorded under
+                    self.usage.failures.append(self.out)
                     return None
             self._pending = None
             self._answer = answer
