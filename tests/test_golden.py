@@ -32,7 +32,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "single": {"method": "single", "single_member": 1},
 }
 #: the slowest cases run on one prompt of each layout (the token baseline scores every top-k string each token).
-SHORT = {"token", "span", "adafuse@granularity=adaptive"}
+SHORT = {"token", "span", "sample", "adafuse@granularity=adaptive"}
 #: options and telemetry fields the recorded results carry that the decoder no longer has, with the one value
 #: each can take now: a recorded result is compared without them once they are gone, and only if it had that value.
 RETIRED: dict[str, dict[str, Any]] = {

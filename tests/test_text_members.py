@@ -191,7 +191,7 @@ class Proxy:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 proxy.hits += 1
                 if proxy.mode == "hang":
-                    time.sleep(30)
+                    time.sleep(5)  # far past the member's 1 s timeout
                     return
                 if proxy.mode == "cut":
                     self.send_response(200)
