@@ -140,7 +140,7 @@ def timed(ens: Ensemble, prompts: Sequence[str], cfg: DecodeConfig) -> dict[str,
         voting.update(n for n in res.models if n not in res.telemetry.benched)
     wall = time.perf_counter() - start
     # The thread count each llama.cpp member computed one-token decodes with at the end (a check on ``pinned``).
-    threads = {m.name: m._cparams.n_threads for m in ens.members if hasattr(m, "_cparams")}
+    threads = {m.name: m.threads for m in ens.members if hasattr(m, "threads")}
     per_member = {}
     for m in ens.members:
         b = before[m.name]

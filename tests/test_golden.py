@@ -92,8 +92,9 @@ def ensemble():
     from adafuse.backends import DEFAULT_ENSEMBLE
     from adafuse.ensemble import Ensemble
 
-    # Members of its own: their caches start empty, so the per-member counters are pinned too.
-    with Ensemble.from_specs(list(DEFAULT_ENSEMBLE), n_ctx=2048, n_threads=2) as ens:
+    # Members of its own: their caches start empty, so the per-member counters are pinned too. The default
+    # allocation (cores shared out per call): no number depends on it, and it is the faster one.
+    with Ensemble.from_specs(list(DEFAULT_ENSEMBLE), n_ctx=2048) as ens:
         yield ens
 
 

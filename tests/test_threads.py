@@ -4,6 +4,7 @@ whatever the allocation."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -24,10 +25,12 @@ class Sharing:
     def __init__(self, name: str) -> None:
         self.name = name
         self.threads = 0
+        self.history: list[int] = []
         self.seen: list[tuple[int, str]] = []
 
     def set_threads(self, n: int) -> None:
         self.threads = n
+        self.history.append(n)
 
 
 class Remote:
@@ -71,6 +74,29 @@ def test_map_active_sets_each_members_threads_for_the_call_and_gives_every_core_
     state.active = [1]
     map_active(state, fn)
     assert members[1].seen[-1] == (available_cores(), threading.current_thread().name)
+
+
+def test_a_finished_members_cores_go_to_the_members_still_working(monkeypatch):
+    import adafuse.decoding.parallel as parallel
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 4)
+    members = [Sharing("a"), Sharing("b"), Sharing("c")]
+    state = DecodeState([MemberView(m, "") for m in members], DecodeConfig(), (1 / 3,) * 3)  # type: ignore[arg-type]
+    started = threading.Barrier(3, timeout=10)
+
+    def wait_for(member: Sharing, changes: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(member.history) < changes and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def fn(i: int) -> int:
+        started.wait()
+        wait_for(members[i], 1 + i)  # a finishes first; b once a's cores reached it, c once b's did too
+        return i
+
+    assert map_active(state, fn) == [0, 1, 2]
+    # Set before the call, on each finish, then every core back after it.
+    assert [m.history for m in members] == [[1, 4], [1, 2, 4], [1, 2, 4, 4]]
 
 
 def test_a_llamacpp_members_numbers_do_not_depend_on_its_thread_count():

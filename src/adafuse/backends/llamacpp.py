@@ -132,6 +132,7 @@ class LlamaCppMember(PrefixCachedMember):
         cparams.n_seq_max = 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
+        self._threads_wanted = threads
         # Sliding-window models (Gemma 3) can only roll back inside a full-size cache.
         cparams.swa_full = True
         # CPU flash attention splits a one-token decode's KV cells among the threads from 512 cells up, and the
@@ -219,13 +220,23 @@ class LlamaCppMember(PrefixCachedMember):
         return True
 
     def set_threads(self, n: int) -> None:
-        """Compute the next calls with ``n`` threads (only for a member loaded without a thread count, which
-        ``decoding.parallel`` shares cores with): each output is one thread's dot product, so the numbers stay
-        the same (tested)."""
-        if self.shares_cores and n != self._cparams.n_threads:
-            with self._lock:
-                self._cparams.n_threads = self._cparams.n_threads_batch = n
-                llama_cpp.llama_set_n_threads(self._ctx, n, n)
+        """Compute the next ``llama_decode`` calls with ``n`` threads (only for a member loaded without a thread
+        count, which ``decoding.parallel`` shares cores with): each output is one thread's dot product, so the
+        numbers stay the same (tested). It never waits: the member's own thread applies it before its next
+        decode, so cores can be handed to a member in the middle of a call."""
+        if self.shares_cores:
+            self._threads_wanted = n
+
+    @property
+    def threads(self) -> int:
+        """The thread count the next ``llama_decode`` computes with."""
+        return self._threads_wanted
+
+    def _apply_threads(self) -> None:
+        n = self._threads_wanted
+        if n != self._cparams.n_threads:
+            self._cparams.n_threads = self._cparams.n_threads_batch = n
+            llama_cpp.llama_set_n_threads(self._ctx, n, n)
 
     def _new_context(self, size: int) -> ctypes.c_void_p | None:
         self._cparams.n_ctx = size
@@ -270,6 +281,7 @@ class LlamaCppMember(PrefixCachedMember):
         """One ``llama_decode`` of ``chunk`` at positions ``pos...``, with logits for every token or the last."""
         if pos + len(chunk) > self._ctx_size:
             self._grow(pos + len(chunk))
+        self._apply_threads()
         b = self._batch
         b.n_tokens = len(chunk)
         for i, tok in enumerate(chunk):

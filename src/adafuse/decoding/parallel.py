@@ -4,7 +4,9 @@ once in a thread pool, with the machine's cores shared out among the in-process 
 The rule (measured in docs/PERFORMANCE.md, "Threads"): members loaded without a thread count work side by side
 with the cores divided among them, and a member working alone gets every core. One-token decodes of models this
 small barely use a second thread, so three members at one thread each beat three one after another with all the
-threads; a member alone, as when one is trusted, decodes faster with all of them. Explicit thread counts are kept:
+threads; a member alone, as when one is trusted, decodes faster with all of them. The cores of a member that has
+finished its part of a call go to those still working (the slowest member no longer decodes on one core while
+the others idle). Explicit thread counts are kept:
 such a member runs beside the others when it leaves cores free. Remote members only wait on the network and always
 run beside the others. No member's numbers depend on the timing or on its thread count (tested), so neither does
 the answer.
@@ -12,10 +14,11 @@ the answer.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from adafuse.backends.base import available_cores, runs_concurrently, shares_cores
 from adafuse.decoding.state import DecodeState
@@ -50,8 +53,19 @@ def allocate(members: Sequence[object], cores: int | None = None) -> Allocation:
     others = {j for j, m in enumerate(members) if j not in sharing and runs_concurrently(m)}
     if len(sharing) < 2:
         return Allocation(frozenset(others), {j: cores for j in sharing})
-    each = max(1, cores // len(sharing))
-    return Allocation(frozenset(others | set(sharing)), {j: each for j in sharing})
+    return Allocation(frozenset(others | set(sharing)), share(cores, sharing))
+
+
+def share(cores: int, working: Sequence[int]) -> dict[int, int]:
+    """The cores divided evenly among the core-sharing members still working, at least one thread each."""
+    each = max(1, cores // max(1, len(working)))
+    return {j: each for j in working}
+
+
+def hand_on(shared: dict[int, Any], cores: int, working: set[int]) -> None:
+    """A member has finished its part of the call: the cores go to the core-sharing members still working."""
+    for k, n in share(cores, sorted(working)).items():
+        shared[k].set_threads(n)
 
 
 def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
@@ -61,16 +75,30 @@ def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
     reported the same way whatever the timing.
     """
     members = list(state.active)
-    plan = allocate([state.views[i].member for i in members])
-    shared = [(state.views[members[j]].member, n) for j, n in plan.threads.items()]
-    for member, n in shared:
-        member.set_threads(n)  # type: ignore[attr-defined]
+    cores = available_cores()
+    plan = allocate([state.views[i].member for i in members], cores)
+    shared: dict[int, Any] = {j: state.views[members[j]].member for j in plan.threads}
+    for j, n in plan.threads.items():
+        shared[j].set_threads(n)
+    working = set(shared)
+    lock = threading.Lock()
+
+    def run(i: int) -> T:
+        try:
+            return fn(i)
+        finally:
+            j = members.index(i)
+            if j in working and len(shared) > 1:
+                with lock:
+                    working.discard(j)
+                    hand_on(shared, cores, working)
+
     try:
-        return _run(members, [i for j, i in enumerate(members) if j in plan.pooled], fn)
+        return _run(members, [i for j, i in enumerate(members) if j in plan.pooled], run)
     finally:
         # Calls made outside this function (a baseline's lone member) compute with every core again.
-        for member, _ in shared:
-            member.set_threads(available_cores())  # type: ignore[attr-defined]
+        for member in shared.values():
+            member.set_threads(cores)
 
 
 def _run(members: list[int], pooled: list[int], fn: Callable[[int], T]) -> list[T]:
