@@ -168,26 +168,49 @@ def test_output_is_identical_across_runs_and_the_prefix_cache_is_used(zoo_member
 
 
 def test_prefix_cache_turns_a_grown_context_into_new_tokens_only(zoo_members):
+    from adafuse.backends.prefix_cache import CHUNK
+
     m = zoo_members[0]
-    ctx = m.tokenize("The quick brown fox jumps over the lazy dog. " * 10)
-    m.next_token(ctx, 5)
+    text = "The quick brown fox jumps over the lazy dog."
+    ctx = m.tokenize(text * 10)
+    m.prefill(ctx)  # a request starts here: what follows its prompt is the request's own text
     before = m.stats.snapshot()
-    grown = m.tokenize("The quick brown fox jumps over the lazy dog. " * 10 + "And then")
+    grown = m.tokenize(text * 10 + " And then")
+    assert grown[: len(ctx)] == ctx
     m.next_token(grown, 5)
-    assert m.stats.tokens_evaluated - before.tokens_evaluated <= len(grown) - len(ctx) + 1
+    assert m.stats.tokens_evaluated - before.tokens_evaluated == len(grown) - len(ctx)
+    # A grown text that re-tokenises the prompt's end ("dog. " + "And" -> "dog." + " And") reads the prompt's last
+    # chunk again whole, as prefill read it, so that no number depends on where the cache walked.
+    ctx = m.tokenize(text * 10 + " ")
+    m.prefill(ctx)
+    before = m.stats.snapshot()
+    grown = m.tokenize(text * 10 + " And then")
+    m.next_token(grown, 5)
+    assert m.stats.tokens_evaluated - before.tokens_evaluated <= len(grown) - len(ctx) + 1 + len(ctx) % CHUNK
+    assert m.stats.forward_calls - before.forward_calls <= len(grown) - len(ctx) + 2
 
 
-def test_an_answer_does_not_depend_on_what_ran_before(zoo_members, fixture_data):
-    prompt = (fixture_data / "triviaqa" / "prompt.txt").read_text().strip()
-    first = prompt + "\n\nQuestion: Who founded the modern Olympic Games?\nAnswer:"
-    other = prompt + "\n\nQuestion: What is the capital of Australia?\nAnswer:"
-    ens = Ensemble(zoo_members)
-    cfg = DecodeConfig(stop=("\n",), max_new_tokens=16)
-    alone = ens.generate(first, cfg)
-    ens.generate(other, cfg)
-    after_other = ens.generate(first, cfg)
-    assert [asdict(r) for r in alone.rounds] == [asdict(r) for r in after_other.rounds]
-    assert alone.text == after_other.text
+def test_a_tokens_numbers_depend_only_on_the_tokens_before_it_not_on_where_the_cache_walked(zoo_members, trivia_prompt):
+    """Bounded scoring (decoding/bounded.py) stops candidates part way and steps others token by token: its
+    numbers must be full scoring's, so a row past the prompt is the same whether reached in one walk, one token at
+    a time, after another candidate, or after a walk back into the prompt (the token-healing case)."""
+    for m in zoo_members:
+        prompt = m.tokenize(trivia_prompt)
+        cand = m.tokenize(trivia_prompt + " The city of Paris, on the Seine.")[len(prompt) :]
+        other = m.tokenize(trivia_prompt + " Lyon is not it.")[len(prompt) :]
+        full = prompt + cand
+        everything = list(range(m.n_vocab))
+        m.prefill(prompt)
+        walked = m.logprobs_of(full, everything)
+        by_steps = []
+        m.prefill(prompt)
+        for k in range(len(cand) + 1):
+            by_steps = m.logprobs_of(prompt + cand[:k], everything)
+        m.prefill(prompt)
+        m.logprobs_of(prompt + other, everything)
+        m.logprobs_of(prompt[:-3], everything)  # back into the prompt, and a shorter context's row
+        after_detours = m.logprobs_of(full, everything)
+        assert walked == by_steps == after_detours, m.name  # bit for bit
 
 
 def test_a_conversations_next_turn_gets_the_numbers_a_fresh_member_gets():

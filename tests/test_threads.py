@@ -142,7 +142,7 @@ def test_a_candidates_score_is_the_same_whatever_else_is_in_the_round_and_whoeve
     crowd in another order, or from the path its proposer walked while drafting gets the same log-probability."""
     from adafuse.backends.base import Step
     from adafuse.decoding.proposals import DraftWriter, write_draft
-    from adafuse.decoding.scoring import _own_logprobs, member_logprobs
+    from adafuse.decoding.scoring import member_logprobs, own_logprobs
     from adafuse.result import Candidate
 
     for member in zoo_members:
@@ -153,7 +153,7 @@ def test_a_candidates_score_is_the_same_whatever_else_is_in_the_round_and_whoeve
         first = member.next_token(ctx, 8)
         own = write_draft(state, 0, Step(first, first.ids[0]), DraftWriter(state, 0, 3, None, 24))
         texts = [own.text, " Lyon, in the south", " The city of Paris", " Paris"]
-        drafted = member_logprobs(view, ctx, "", [Candidate(own.text)], _own_logprobs(0, len(ctx), [own]))
+        drafted = member_logprobs(view, ctx, "", [Candidate(own.text)], own_logprobs(0, len(ctx), [own]))
         seen = []
         for order in (texts, texts[::-1], texts[1:2] + texts[:1]):
             member._reset()  # type: ignore[attr-defined]  # nothing cached: every row computed again

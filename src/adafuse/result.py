@@ -18,6 +18,9 @@ class Candidate:
     scores: dict[str, float] = field(default_factory=dict)
     #: weighted mean of ``scores``; None when the round needed no scoring.
     combined: float | None = None
+    #: scoring stopped once the candidate could no longer win (decoding/bounded.py): ``scores`` and ``combined``
+    #: are lower bounds.
+    bounded: bool = False
 
 
 @dataclass

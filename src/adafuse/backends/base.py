@@ -185,6 +185,20 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
 
 
 @runtime_checkable
+class StepwiseScores(Protocol):
+    """Scores a continuation one token per call, each about one decode, and evaluates every token past the prompt
+    alone (llama.cpp, whose kernels change with the batch shape), so a token's numbers depend only on the tokens
+    before it: ``decoding.bounded`` may then stop scoring a candidate that can no longer win."""
+
+    scores_stepwise: bool
+
+
+def scores_stepwise(member: object) -> bool:
+    """True for a member that pays per scored token (:class:`StepwiseScores`)."""
+    return isinstance(member, StepwiseScores) and bool(member.scores_stepwise)
+
+
+@runtime_checkable
 class SharesCores(Protocol):
     """An in-process member loaded without a thread count, whose numbers do not depend on how many threads compute
     them (llama.cpp: each output is one thread's dot product): ``decoding.parallel`` shares the machine's cores

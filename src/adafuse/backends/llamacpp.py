@@ -95,6 +95,10 @@ def _row_logsumexp(rows: np.ndarray, block: int = _LSE_BLOCK) -> np.ndarray:
 class LlamaCppMember(PrefixCachedMember):
     """A GGUF model run in-process by llama.cpp, with a rollback-able prefix cache on one KV sequence."""
 
+    # Each scored token is one decode (``_score_one``), evaluated alone: scoring may stop on a candidate that
+    # cannot win, and a token's numbers do not depend on where the cache walked (``prefix_cache``).
+    scores_stepwise = True
+
     def __init__(
         self,
         path: str | Path,

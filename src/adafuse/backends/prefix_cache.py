@@ -7,6 +7,10 @@ shape; CPU matrix kernels sum in an order that depends on the row count), so eve
 multiples of ``CHUNK`` positions, and a request reuses only the leading whole chunks that were evaluated that way
 (``_canonical``, see ``prefill``): its answer is then the same byte for byte whatever ran before.
 
+Past the prompt a stepwise engine (``scores_stepwise``: llama.cpp) evaluates every token alone, one per call, as
+its scoring and generation do anyway, and a walk back into the prompt restarts at a chunk boundary: a token's
+numbers then depend only on the tokens before it, never on where the cache walked within the request.
+
 An engine supplies two hooks, ``_forward_chunk`` (evaluate one chunk onto its cache) and ``_crop`` (drop the cache
 from a position on), plus ``_compute_evidence``, its way of reading a prompt with every row kept.
 """
@@ -72,6 +76,8 @@ class PrefixCachedMember:
     name: str
     n_ctx: int
     stats: MemberStats
+    #: Every token past the prompt is evaluated alone (see the module's docstring; ``base.StepwiseScores``).
+    scores_stepwise: bool = False
 
     def __init__(self) -> None:
         # Token ids held in the engine's cache, and the next-token rows we still hold, by position.
@@ -81,6 +87,8 @@ class PrefixCachedMember:
         # later request may reuse, since a fresh member evaluates a prompt that way (tokens evaluated one by one,
         # as a generation is, give other numbers, so a conversation's next turn must not reuse them).
         self._canonical = 0
+        # Where the current request's prompt ends (set by ``prefill``); None: everything is prompt.
+        self._prompt_end: int | None = None
         # Finished evidence reads by their context.
         self._evidence: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
         # Reentrant: an engine's override of a primitive holds it around the shared one.
@@ -134,8 +142,11 @@ class PrefixCachedMember:
     def _remember(self, pos: int, row: Row) -> None:
         self._rows[pos] = row
         self._rows.move_to_end(pos)
+        # The prompt's last row stays: without it a stepwise engine would evaluate the prompt's last chunk again.
+        pinned = None if self._prompt_end is None else self._prompt_end - 1
         while len(self._rows) > ROWS_KEPT:
-            self._rows.popitem(last=False)
+            oldest = next(p for p in self._rows if p != pinned)
+            del self._rows[oldest]
 
     def _extend(self, tokens: Sequence[int], want_last: bool) -> Row | None:
         """Append ``tokens`` to the cache in aligned chunks; the row after the last one if ``want_last``."""
@@ -146,10 +157,20 @@ class PrefixCachedMember:
             )
         row = None
         end = start + len(tokens)
-        for pos, chunk in chunks(tokens, start):
+        for pos, chunk in self._pieces(tokens, start):
             row = self._forward_chunk(chunk, pos, want_last and pos + len(chunk) == end)
             self._took(chunk, pos)
         return row
+
+    def _pieces(self, tokens: Sequence[int], start: int) -> Iterator[tuple[int, list[int]]]:
+        """``chunks`` of ``tokens`` placed at ``start``, and for a stepwise engine one token per piece past the
+        prompt's end."""
+        split = len(tokens)
+        if self.scores_stepwise and self._prompt_end is not None:
+            split = max(0, min(split, self._prompt_end - start))
+        yield from chunks(tokens[:split], start)
+        for k in range(split, len(tokens)):
+            yield start + k, [tokens[k]]
 
     def _row_after(self, context: Sequence[int]) -> Row:
         """The row after ``context``, evaluating only what the cache does not already hold."""
@@ -163,7 +184,10 @@ class PrefixCachedMember:
             self._rows.move_to_end(n - 1)
             return self._rows[n - 1]
         # The last token is evaluated again when its row was not kept: a row cannot be had without it.
-        self._truncate(min(keep, n - 1))
+        keep = min(keep, n - 1)
+        if self.scores_stepwise and self._prompt_end is not None and keep < self._prompt_end:
+            keep -= keep % CHUNK  # the prompt's chunk is evaluated again whole, as ``prefill`` evaluated it
+        self._truncate(keep)
         keep = len(self._cache)
         self.stats.tokens_reused += keep
         row = self._extend(context[keep:], want_last=True)
@@ -183,6 +207,7 @@ class PrefixCachedMember:
             raise PromptError(f"member {self.name!r}: empty context")
         with self._guard():
             self._rows.clear()
+            self._prompt_end = len(context)
             keep = min(common_prefix_len(self._cache, context), len(context) - 1, self._canonical)
             self._truncate(keep - keep % CHUNK)
             keep = len(self._cache)

@@ -2,7 +2,8 @@
 
 Confident members (top-1 margin >= theta) write up to the round's unit (``max_words`` words in the paper's
 setting) while they stay confident; uncertain members branch on their top-B first tokens, one word each. All
-distinct candidates are scored by every member and the lowest weighted mean NLL wins. When every member proposes
+distinct candidates are scored by every member and the lowest weighted mean NLL wins (a candidate that can no
+longer win is not scored to its end: ``decoding/bounded.py``). When every member proposes
 the same single string, scoring cannot change the choice, so it is skipped (the fast path). A member left voting
 alone has no one to judge its branches, so it writes its greedy answer (``solo_round``; docs/RESULTS.md, "Lone
 member"). Text-only members (API models) add their candidates before the union and never vote
@@ -12,11 +13,12 @@ member"). Text-only members (API models) add their candidates before the union a
 from __future__ import annotations
 
 from adafuse.backends.base import Step, TopK
+from adafuse.decoding.bounded import score_to_select
 from adafuse.decoding.granularity import Signals, Unit, decide, entropy, fixed_unit, text_kind, words_in
 from adafuse.decoding.loop import output_tokens
 from adafuse.decoding.parallel import map_active
 from adafuse.decoding.proposals import UNBOUNDED_WORDS, WORD_TOKEN_CAP, DraftWriter, write_draft, write_drafts
-from adafuse.decoding.scoring import Draft, score_candidates, select, union
+from adafuse.decoding.scoring import Draft, select, union
 from adafuse.decoding.state import DecodeState
 from adafuse.result import Proposal, Round
 
@@ -57,7 +59,7 @@ def adafuse_round(state: DecodeState, index: int) -> Round:
     if fast:
         chosen = 0
     else:
-        score_candidates(state, candidates, drafts)
+        score_to_select(state, candidates, drafts)
         chosen = select(candidates)
     return Round(index, proposals, candidates, chosen, candidates[chosen].text, fast_path=fast, unit=unit.name)
 

@@ -49,7 +49,7 @@ def score_candidates(
     def member_scores(i: int) -> list[float]:
         state.check()
         ctx = state.context(i)
-        known = _own_logprobs(i, len(ctx), drafts)
+        known = own_logprobs(i, len(ctx), drafts)
         scored = member_logprobs(state.views[i], ctx, state.committed, candidates, known)
         return [-lp / (max(1, n) if per_token else 1) for lp, n in scored]
 
@@ -80,7 +80,7 @@ def member_logprobs(
     """One member's log-probability of each candidate's text after ``committed`` (``ctx`` is its tokenisation
     of the prompt and ``committed``), with the candidate's token count: all needed continuations go to the
     member in one ``score`` call, less those in ``known``."""
-    plans = [_plan(view, ctx, committed, cand) for cand in candidates]
+    plans = [plan_scoring(view, ctx, committed, cand) for cand in candidates]
     keys = list(dict.fromkeys(key for plan in plans for key in plan.needed()))
     known = known or {}
     todo = [key for key in keys if key not in known]
@@ -132,7 +132,7 @@ class _Plan:
         return float(np.logaddexp(canonical, lp[self.healed] - mass[self.healed] + lp[self.extension]))
 
 
-def _plan(view: MemberView, ctx: list[int], committed: str, cand: Candidate) -> _Plan:
+def plan_scoring(view: MemberView, ctx: list[int], committed: str, cand: Candidate) -> _Plan:
     full = view.ids(committed + cand.text)
     head = common_prefix_len(ctx, full)
     end = [view.member.eos_id] if cand.eos else []
@@ -177,7 +177,7 @@ def _prefix_mass(view: MemberView, context: list[int], token: int, known: dict[i
     )
 
 
-def _own_logprobs(member: int, ctx_len: int, drafts: list[Draft]) -> dict[Key, float]:
+def own_logprobs(member: int, ctx_len: int, drafts: list[Draft]) -> dict[Key, float]:
     """The proposer already has the log-probabilities of every prefix of the paths it walked: no second pass."""
     known: dict[Key, float] = {}
     for d in drafts:

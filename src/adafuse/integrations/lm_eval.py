@@ -433,7 +433,10 @@ def _member_rolling(member: Member, text: str) -> float:
             token_list=body, prefix_token=prefix, max_seq_len=member.n_ctx, context_len=1
         )
     ]
-    scored = member.score([(list(ctx), list(pred)) for ctx, pred in windows])
+    scored = []
+    for ctx, pred in windows:
+        member.prefill(list(ctx))  # each window reads like a prompt of its own, whatever was scored before
+        scored.extend(member.score([(list(ctx), list(pred))]))
     return math.fsum(lp for window in scored for lp in window)
 
 

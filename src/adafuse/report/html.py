@@ -235,13 +235,14 @@ def _round_section(rnd: Round, ident: str, members: Sequence[str], colours: dict
             if score is None:
                 best_marks.append("<td>-</td>")
                 continue
-            best = min((c.scores[m] for c in rnd.candidates if m in c.scores), default=score)
-            cls = ' class="best"' if score == best and len(rnd.candidates) > 1 else ""
-            best_marks.append(f"<td{cls}>{_num(score)}</td>")
+            best = min((c.scores[m] for c in rnd.candidates if m in c.scores and not c.bounded), default=score)
+            cls = ' class="best"' if score == best and not cand.bounded and len(rnd.candidates) > 1 else ""
+            bound = "≥" if cand.bounded else ""
+            best_marks.append(f"<td{cls}>{bound}{_num(score)}</td>")
         proposers = "".join(
             f'<span title="{escape(p)}">{_dot(colours.get(p, _UNKNOWN))}</span>' for p in cand.proposers
         )
-        combined = _num(cand.combined) if cand.combined is not None else "-"
+        combined = ("≥" if cand.bounded else "") + _num(cand.combined) if cand.combined is not None else "-"
         eos = ' <span class="eos" title="ends with the end token">∎</span>' if cand.eos else ""
         chosen = ' class="chosen"' if j == rnd.chosen else ""
         rows.append(
@@ -263,7 +264,8 @@ def _round_section(rnd: Round, ident: str, members: Sequence[str], colours: dict
         f"<p>Committed: <code>{_visible(rnd.committed)}</code></p>"
         '<table class="cands"><thead><tr><th>candidate</th><th>proposers</th>'
         f"{member_heads}<th>combined</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        '<p class="note">Scores are normalised NLL: lower is better; bold is each member\'s favourite.</p>'
+        '<p class="note">Scores are normalised NLL: lower is better; bold is each member\'s favourite; ≥ marks a '
+        "candidate whose scoring stopped once it could no longer win (its scores are lower bounds).</p>"
         '<table class="props"><thead><tr><th>member</th><th>margins</th><th>mode</th><th>proposed</th></tr>'
         f"</thead><tbody>{''.join(proposals)}</tbody></table></section>"
     )
