@@ -7,9 +7,10 @@ shape; CPU matrix kernels sum in an order that depends on the row count), so eve
 multiples of ``CHUNK`` positions, and a request reuses only the leading whole chunks that were evaluated that way
 (``_canonical``, see ``prefill``): its answer is then the same byte for byte whatever ran before.
 
-Past the prompt a stepwise engine (``scores_stepwise``: llama.cpp) evaluates every token alone, one per call, as
-its scoring and generation do anyway, and a walk back into the prompt restarts at a chunk boundary: a token's
-numbers then depend only on the tokens before it, never on where the cache walked within the request.
+From the prompt's last token on, a stepwise engine (``scores_stepwise``: llama.cpp) evaluates every token alone,
+one per call, as its scoring and generation do anyway, and a walk back further into the prompt restarts at a chunk
+boundary: a token's numbers then depend only on the tokens before it, never on where the cache walked within the
+request.
 
 An engine supplies two hooks, ``_forward_chunk`` (evaluate one chunk onto its cache) and ``_crop`` (drop the cache
 from a position on), plus ``_compute_evidence``, its way of reading a prompt with every row kept.
@@ -167,10 +168,16 @@ class PrefixCachedMember:
         prompt's end."""
         split = len(tokens)
         if self.scores_stepwise and self._prompt_end is not None:
-            split = max(0, min(split, self._prompt_end - start))
+            split = max(0, min(split, self._stepwise_from() - start))
         yield from chunks(tokens[:split], start)
         for k in range(split, len(tokens)):
             yield start + k, [tokens[k]]
+
+    def _stepwise_from(self) -> int:
+        """Where a stepwise engine starts evaluating one token per call: the prompt's last token, so that a
+        candidate which re-tokenises it (token healing) walks back without evaluating the prompt's chunk again."""
+        assert self._prompt_end is not None
+        return self._prompt_end - 1
 
     def _row_after(self, context: Sequence[int]) -> Row:
         """The row after ``context``, evaluating only what the cache does not already hold."""
@@ -185,7 +192,7 @@ class PrefixCachedMember:
             return self._rows[n - 1]
         # The last token is evaluated again when its row was not kept: a row cannot be had without it.
         keep = min(keep, n - 1)
-        if self.scores_stepwise and self._prompt_end is not None and keep < self._prompt_end:
+        if self.scores_stepwise and self._prompt_end is not None and keep < self._stepwise_from():
             keep -= keep % CHUNK  # the prompt's chunk is evaluated again whole, as ``prefill`` evaluated it
         self._truncate(keep)
         keep = len(self._cache)
