@@ -77,7 +77,7 @@ class PrefixCachedMember:
     name: str
     n_ctx: int
     stats: MemberStats
-    #: Every token past the prompt is evaluated alone (see the module's docstring; ``base.StepwiseScores``).
+    #: Every token from the prompt's last on is evaluated alone (see the module's docstring; ``base.StepwiseScores``).
     scores_stepwise: bool = False
 
     def __init__(self) -> None:
@@ -164,8 +164,8 @@ class PrefixCachedMember:
         return row
 
     def _pieces(self, tokens: Sequence[int], start: int) -> Iterator[tuple[int, list[int]]]:
-        """``chunks`` of ``tokens`` placed at ``start``, and for a stepwise engine one token per piece past the
-        prompt's end."""
+        """``chunks`` of ``tokens`` placed at ``start``, and for a stepwise engine one token per piece from the
+        prompt's last token on."""
         split = len(tokens)
         if self.scores_stepwise and self._prompt_end is not None:
             split = max(0, min(split, self._stepwise_from() - start))
