@@ -20,6 +20,7 @@ and what each member skips depends only on steps 1-2, never on timing, so the tr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,8 +123,8 @@ class _Walk:
                 walk._bound(j)
         return walk
 
-    def _exactly(self, js: object, candidates: list[Candidate], known: dict[Key, float]) -> None:
-        js = list(js)  # type: ignore[call-overload]
+    def _exactly(self, which: Iterable[int], candidates: list[Candidate], known: dict[Key, float]) -> None:
+        js = list(which)
         if not js:
             return
         view = self.state.views[self.member]
@@ -157,13 +158,13 @@ class _Walk:
         # Unfinished, ``lp`` only falls as tokens are scored; the spellings are disjoint, so it never passes 0.
         self.bounds[j] = -lp / max(1, n) if self.exact[j] else -min(0.0, lp) / max(1, n)
 
-    def finish(self, j: int, beaten: object) -> None:
+    def finish(self, j: int, beaten: Callable[[float], bool] | None) -> None:
         """Score candidate ``j`` to its end, or until ``beaten(bound)`` says it can no longer win."""
         plan = self.plans[j]
         if plan is None:
             return
         while not self.exact[j]:
-            if beaten is not None and beaten(self.bounds[j]):  # type: ignore[operator]
+            if beaten is not None and beaten(self.bounds[j]):
                 return
             self.state.check()
             self._step(next(p for p in plan[0] if not p.finished))
