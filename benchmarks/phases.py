@@ -87,7 +87,7 @@ def main() -> None:
     adafuse_round.first_step = phase("first_step", adafuse_round.first_step)
     adafuse_round.propose = phase("proposals", adafuse_round.propose)
     adafuse_round.solo_round = phase("solo", adafuse_round.solo_round)
-    adafuse_round.score_candidates = phase("scoring", adafuse_round.score_candidates)
+    adafuse_round.score_to_select = phase("scoring", adafuse_round.score_to_select)
     loop.apply_auto_weights = phase("evidence", loop.apply_auto_weights)
     for m in members:
         m.prefill = phase("prefill", m.prefill)  # type: ignore[method-assign]
