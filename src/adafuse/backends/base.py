@@ -186,9 +186,9 @@ def file_fingerprint(paths: Sequence[Path]) -> str:
 
 @runtime_checkable
 class StepwiseScores(Protocol):
-    """Scores a continuation one token per call, each about one decode, and evaluates every token from the prompt's
-    last on alone (llama.cpp, whose kernels change with the batch shape), so a token's numbers depend only on the tokens
-    before it: ``decoding.bounded`` may then stop scoring a candidate that can no longer win."""
+    """Scores a continuation one token per call, each about one decode, and evaluates every token from the
+    prompt's last on alone (llama.cpp, whose kernels change with the batch shape), so a token's numbers depend only
+    on the tokens before it: ``decoding.bounded`` may then stop scoring a candidate that can no longer win."""
 
     scores_stepwise: bool
 

@@ -77,7 +77,7 @@ class PrefixCachedMember:
     name: str
     n_ctx: int
     stats: MemberStats
-    #: Every token from the prompt's last on is evaluated alone (see the module's docstring; ``base.StepwiseScores``).
+    #: Every token from the prompt's last on is evaluated alone (the module's docstring; ``base.StepwiseScores``).
     scores_stepwise: bool = False
 
     def __init__(self) -> None:
@@ -166,17 +166,18 @@ class PrefixCachedMember:
     def _pieces(self, tokens: Sequence[int], start: int) -> Iterator[tuple[int, list[int]]]:
         """``chunks`` of ``tokens`` placed at ``start``, and for a stepwise engine one token per piece from the
         prompt's last token on."""
-        split = len(tokens)
-        if self.scores_stepwise and self._prompt_end is not None:
-            split = max(0, min(split, self._stepwise_from() - start))
+        stepwise = self._stepwise_from()
+        split = len(tokens) if stepwise is None else max(0, min(len(tokens), stepwise - start))
         yield from chunks(tokens[:split], start)
         for k in range(split, len(tokens)):
             yield start + k, [tokens[k]]
 
-    def _stepwise_from(self) -> int:
+    def _stepwise_from(self) -> int | None:
         """Where a stepwise engine starts evaluating one token per call: the prompt's last token, so that a
-        candidate which re-tokenises it (token healing) walks back without evaluating the prompt's chunk again."""
-        assert self._prompt_end is not None
+        candidate which re-tokenises it (token healing) walks back without evaluating the prompt's chunk again.
+        None: every evaluation is cut in chunks (not a stepwise engine, or no prompt yet)."""
+        if not self.scores_stepwise or self._prompt_end is None:
+            return None
         return self._prompt_end - 1
 
     def _row_after(self, context: Sequence[int]) -> Row:
@@ -192,7 +193,8 @@ class PrefixCachedMember:
             return self._rows[n - 1]
         # The last token is evaluated again when its row was not kept: a row cannot be had without it.
         keep = min(keep, n - 1)
-        if self.scores_stepwise and self._prompt_end is not None and keep < self._stepwise_from():
+        stepwise = self._stepwise_from()
+        if stepwise is not None and keep < stepwise:
             keep -= keep % CHUNK  # the prompt's chunk is evaluated again whole, as ``prefill`` evaluated it
         self._truncate(keep)
         keep = len(self._cache)

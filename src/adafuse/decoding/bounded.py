@@ -140,8 +140,8 @@ class _Walk:
         return score
 
     def _step(self, path: _Path) -> None:
-        """Score the path's next token. A stepwise member evaluates every token from the prompt's last on alone, so its
-        number depends only on the tokens before it: the same as full scoring's, whatever the cache walked."""
+        """Score the path's next token. A stepwise member evaluates every token from the prompt's last on alone,
+        so its number depends only on the tokens before it: the same as full scoring's, whatever the cache walked."""
         member = self.state.views[self.member].member
         k = path.done
         lp = member.score([(self.ctx + list(path.tokens[:k]), [path.tokens[k]])])[0][0]
