@@ -23,7 +23,7 @@ import numpy as np
 from adafuse.backends import DEFAULT_ENSEMBLE
 from adafuse.control.fit import collect, decide, example, task_form
 from adafuse.control.model import load_controller
-from adafuse.control.signals import pick_feature_names
+from adafuse.control.signals import pick_feature_names, repeats
 from adafuse.evaluation.compare import bootstrap_values
 from adafuse.evaluation.metrics import corpus_bleu, corpus_chrf, exact_match, item_quality, token_f1
 from adafuse.evaluation.runner import PREDICTIONS, LazyEnsemble, read_predictions
@@ -113,6 +113,7 @@ def study(args: argparse.Namespace, lazy: LazyEnsemble) -> None:
                 f"[{q[0]:+.2f}, {q[1]:+.2f}]."
             )
         print(gap(task.kind, names, [ex for _, ex in kept], golds, methods["controller"]))
+        print(loops({**methods, **({"today's default": subset_default} if subset else {})}))
         group = "zero-shot" if form.endswith("-0shot") else "few-shot"
         avg = averages.setdefault(group, {"controller": [], "best": [], "default": [], "d_best": [], "d_def": []})
         avg["controller"].append(scores["controller"])
@@ -166,6 +167,12 @@ def gap(kind: str, names: list[str], examples: list, golds: list, chosen: list[s
         f"the better line has the lower NLL per token under {liked}; under the members' mean: {by_scores}. "
         f"Items where members wrote different lines and each member scored its own best: {selfish}."
     )
+
+
+def loops(methods: dict[str, list[str]]) -> str:
+    """Degenerate answers per method: more than half of an answer's character 4-grams seen before in it."""
+    counts = ", ".join(f"{m} {sum(repeats('', p) > 0.5 for p in preds)}/{len(preds)}" for m, preds in methods.items())
+    return f"Loops: {counts}."
 
 
 def oracle(kind: str, ex, gold) -> str:  # type: ignore[no-untyped-def]
