@@ -93,12 +93,8 @@ def peak_rss_bytes() -> int:
 
 
 def _set_threads(member: Any, n: int) -> None:
-    if hasattr(member, "set_threads"):
+    if hasattr(member, "set_threads"):  # remote members have no threads
         member.set_threads(n)
-    else:  # transformers: torch's intra-op thread count is per process
-        import torch
-
-        torch.set_num_threads(n)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from transformers import (  # noqa: E402
 )
 
 from adafuse.backends import load_member  # noqa: E402
-from adafuse.backends.base import Member  # noqa: E402
+from adafuse.backends.base import Member, available_cores  # noqa: E402
 from adafuse.backends.hf import HFMember  # noqa: E402
 from adafuse.backends.zoo import zoo_path  # noqa: E402
 from adafuse.config import DecodeConfig  # noqa: E402
@@ -376,6 +376,70 @@ def test_ensemble_of_two_tiny_members_generates_deterministically(tiny, tiny_dir
     assert stable_json(warm) == stable_json(alone) == stable_json(again)
     for tel in again.telemetry.members:
         assert tel.tokens_reused >= 64, tel
+
+
+def test_cpu_members_without_a_thread_count_share_the_cores_and_answer_as_when_pinned(tiny, tiny_dirs):
+    """With no thread count the members run side by side with the cores shared out (``decoding.parallel``), the
+    transformers default because it measured faster (docs/PERFORMANCE.md). torch's float32 numbers move by about
+    1e-7 with the thread count, so each member keeps its count for a whole call: the same answer, trace and scores
+    run after run, and the answer of members pinned at two threads one after another."""
+    from adafuse.decoding.parallel import allocate
+
+    names = ("qwen-bl", "llama-sp")
+    cfg = DecodeConfig(weights="equal", max_new_tokens=10)
+    prompt = FEW_SHOT + "Question: what is 3 + 4?\nAnswer:"
+
+    def shared_run() -> tuple[str, list]:
+        sharing = [HFMember(tiny_dirs[n], name=n, n_ctx=256, device="cpu") for n in names]
+        try:
+            assert all(m.shares_cores and not m.concurrent and not m.exact_across_threads for m in sharing)
+            plan = allocate(sharing, cores=2)
+            assert plan.pooled == {0, 1} and plan.threads == {0: 1, 1: 1}
+            res = Ensemble(sharing).generate(prompt, cfg)
+            assert all(m.threads == available_cores() for m in sharing)  # every core back after the call
+            return res.text, [[c.scores for c in r.candidates] for r in res.rounds]
+        finally:
+            for m in sharing:
+                m.close()
+
+    first = shared_run()
+    assert shared_run() == first
+    assert not tiny["qwen-bl"].shares_cores and tiny["qwen-bl"].threads == 2
+    tiny["qwen-bl"].set_threads(1)  # a thread count given at load is kept
+    assert tiny["qwen-bl"].threads == 2
+    pinned = Ensemble([tiny[n] for n in names]).generate(prompt, cfg)
+    assert pinned.text == first[0]
+    for ours, theirs in zip(first[1], [[c.scores for c in r.candidates] for r in pinned.rounds], strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+def test_a_members_thread_count_applies_in_the_thread_that_computes(tiny_dirs):
+    # torch keeps a thread count per thread: one set elsewhere must not leak into this member's forwards.
+    from concurrent.futures import ThreadPoolExecutor
+
+    member = HFMember(tiny_dirs["qwen-bl"], name="qwen-bl", n_ctx=256, device="cpu")
+    ctx = member.tokenize(FEW_SHOT)
+    seen = []
+    real_forward = member._model.forward
+
+    def forward(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_forward(*args, **kwargs)
+
+    member._model.forward = forward
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(torch.set_num_threads, 2).result()  # the worker thread starts at two
+            member.set_threads(1)
+            pool.submit(member.next_token, ctx, 4).result()
+            assert seen and set(seen) == {1}
+            member.set_threads(2)
+            member._reset()
+            pool.submit(member.next_token, ctx, 4).result()
+            assert seen[-1] == 2
+    finally:
+        member.close()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -21,6 +21,7 @@ class Sharing:
 
     shares_cores = True
     concurrent = False
+    exact_across_threads = True
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -97,6 +98,28 @@ def test_a_finished_members_cores_go_to_the_members_still_working(monkeypatch):
     assert map_active(state, fn) == [0, 1, 2]
     # Set before the call, on each finish, then every core back after it.
     assert [m.history for m in members] == [[1, 4], [1, 2, 4], [1, 2, 4, 4]]
+
+
+def test_a_member_whose_numbers_move_with_its_threads_keeps_its_count_to_the_end_of_the_call(monkeypatch):
+    import adafuse.decoding.parallel as parallel
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 4)
+    members = [Sharing("a"), Sharing("b")]
+    members[1].exact_across_threads = False  # type: ignore[misc]  # a transformers member
+    state = DecodeState([MemberView(m, "") for m in members], DecodeConfig(), (0.5, 0.5))  # type: ignore[arg-type]
+    a_done = threading.Event()
+
+    def fn(i: int) -> int:
+        if i == 1:
+            assert a_done.wait(10)
+            time.sleep(0.05)  # a's finish has been handled
+            members[1].seen.append((members[1].threads, ""))
+        else:
+            a_done.set()
+        return i
+
+    assert map_active(state, fn) == [0, 1]
+    assert members[1].seen == [(2, "")] and members[1].history == [2, 4]
 
 
 def test_a_llamacpp_members_numbers_do_not_depend_on_its_thread_count():

@@ -200,12 +200,16 @@ def scores_stepwise(member: object) -> bool:
 
 @runtime_checkable
 class SharesCores(Protocol):
-    """An in-process member loaded without a thread count, whose numbers do not depend on how many threads compute
-    them (llama.cpp: each output is one thread's dot product): ``decoding.parallel`` shares the machine's cores
-    among the members working at once, and a member working alone gets them all."""
+    """An in-process member loaded without a thread count: ``decoding.parallel`` shares the machine's cores among
+    the members working at once, and a member working alone gets them all."""
 
     #: False where the user gave a thread count: the member keeps it.
     shares_cores: bool
+    #: True where the numbers do not depend on the thread count (llama.cpp: each output is one thread's dot
+    #: product), so a finished member's cores may go to the others in the middle of a call. Otherwise (torch's
+    #: float32 kernels move by about 1e-7) the count is fixed per call by the members working in it, so the
+    #: answer is the same run to run whatever the timing.
+    exact_across_threads: bool
 
     def set_threads(self, n: int) -> None:
         """Compute the next calls with ``n`` threads."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from adafuse.backends.base import MemberStats, TopK, common_prefix_len, file_fingerprint
+from adafuse.backends.base import MemberStats, TopK, available_cores, common_prefix_len, file_fingerprint
 from adafuse.backends.prefix_cache import CHUNK, PrefixCachedMember, Row, chunks
 from adafuse.backends.zoo import ZOO, cache_dir, zoo_path
 from adafuse.errors import ConfigError, MemberError, ModelLoadError, ModelNotFoundError, PromptError
@@ -378,11 +378,15 @@ class HFMember(PrefixCachedMember):
         self.gguf_file = gguf
         self._fingerprint: str | None = None
         torch_device, torch_dtype = _device_and_dtype(device, dtype)
-        if n_threads:
-            # Process-wide in torch: the last member loaded with an explicit count sets it for all.
-            torch.set_num_threads(n_threads)
-        # Members that leave cores free run alongside each other (torch releases the GIL inside its kernels).
-        self.concurrent = bool(n_threads) and n_threads < (os.cpu_count() or 1)
+        # torch's thread count belongs to the thread that sets it, so each forward applies this member's own
+        # (``_apply_threads``). With no count, a CPU member shares the cores with the others (``SharesCores``,
+        # ``decoding.parallel``); one given fewer threads than there are cores runs beside the others (torch
+        # releases the GIL inside its kernels).
+        cores = available_cores()
+        self.shares_cores = n_threads is None and torch_device.type == "cpu"
+        self.concurrent = bool(n_threads) and n_threads < cores
+        self._threads = n_threads or cores
+        self.exact_across_threads = False
         vocab_meta: dict[str, Any] = {}
         try:
             if gguf is not None:
@@ -549,6 +553,8 @@ class HFMember(PrefixCachedMember):
         """One forward of ``input_ids`` [B, T] at positions ``start...`` on ``past``; logits as ``keep`` selects."""
         if self._closed:
             raise MemberError(self.name, "the member is closed")
+        if self.device.type == "cpu" and torch.get_num_threads() != self._threads:
+            torch.set_num_threads(self._threads)
         batch, length = input_ids.shape
         positions = torch.arange(start, start + length, device=self.device).unsqueeze(0).expand(batch, -1)
         kwargs: dict[str, Any] = {self._cache_kw: past, "use_cache": True, "position_ids": positions}
@@ -563,6 +569,18 @@ class HFMember(PrefixCachedMember):
             raise MemberError(self.name, f"forward pass failed: {_first_line(exc)}") from exc
         self.stats.forward_calls += 1
         return out.logits
+
+    def set_threads(self, n: int) -> None:
+        """Compute the next forwards with ``n`` threads (only for a CPU member loaded without a thread count, which
+        ``decoding.parallel`` shares cores with, once per call: the numbers can move by about 1e-7 with the
+        thread count, ``exact_across_threads``). The next forward applies it, in the thread that runs it."""
+        if self.shares_cores:
+            self._threads = n
+
+    @property
+    def threads(self) -> int:
+        """The thread count the next forward computes with."""
+        return self._threads
 
     def _reset(self) -> None:
         self._batches = []

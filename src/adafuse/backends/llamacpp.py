@@ -127,6 +127,7 @@ class LlamaCppMember(PrefixCachedMember):
         # a member given fewer threads than there are cores keeps them and runs beside the others.
         self.shares_cores = n_threads is None
         self.concurrent = threads < cores
+        self.exact_across_threads = True
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_batch = n_batch
         # Prompts are decoded in CHUNK-token calls and everything else one token at a time, so llama.cpp's

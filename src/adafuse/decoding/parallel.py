@@ -5,11 +5,11 @@ The rule (measured in docs/PERFORMANCE.md, "Threads"): members loaded without a 
 with the cores divided among them, and a member working alone gets every core. One-token decodes of models this
 small barely use a second thread, so three members at one thread each beat three one after another with all the
 threads; a member alone, as when one is trusted, decodes faster with all of them. The cores of a member that has
-finished its part of a call go to those still working (the slowest member no longer decodes on one core while
-the others idle). Explicit thread counts are kept:
-such a member runs beside the others when it leaves cores free. Remote members only wait on the network and always
-run beside the others. No member's numbers depend on the timing or on its thread count (tested), so neither does
-the answer.
+finished its part of a call go to those still working whose numbers do not depend on their thread count
+(llama.cpp's, tested: the slowest member no longer decodes on one core while the others idle); a transformers
+member keeps the count it started the call with, which depends only on the members working in it. Explicit thread
+counts are kept: such a member runs beside the others when it leaves cores free. Remote members only wait on the
+network and always run beside the others. So no answer depends on the timing.
 """
 
 from __future__ import annotations
@@ -63,9 +63,11 @@ def share(cores: int, working: Sequence[int]) -> dict[int, int]:
 
 
 def hand_on(shared: dict[int, Any], cores: int, working: set[int]) -> None:
-    """A member has finished its part of the call: the cores go to the core-sharing members still working."""
+    """A member has finished its part of the call: the cores go to the core-sharing members still working whose
+    numbers do not depend on the thread count (the others keep theirs to the end of the call)."""
     for k, n in share(cores, sorted(working)).items():
-        shared[k].set_threads(n)
+        if shared[k].exact_across_threads:
+            shared[k].set_threads(n)
 
 
 def map_active(state: DecodeState, fn: Callable[[int], T]) -> list[T]:
