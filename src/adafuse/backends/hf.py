@@ -379,7 +379,7 @@ class HFMember(PrefixCachedMember):
         self._fingerprint: str | None = None
         torch_device, torch_dtype = _device_and_dtype(device, dtype)
         # torch's thread count belongs to the thread that sets it, so each forward applies this member's own
-        # (``_apply_threads``). With no count, a CPU member shares the cores with the others (``SharesCores``,
+        # (``_forward``). With no count, a CPU member shares the cores with the others (``SharesCores``,
         # ``decoding.parallel``); one given fewer threads than there are cores runs beside the others (torch
         # releases the GIL inside its kernels).
         cores = available_cores()
