@@ -357,6 +357,9 @@ class _Batch:
 class HFMember(PrefixCachedMember):
     """A causal LM run by transformers + torch, with a rollback-able KV cache and batched candidate scoring."""
 
+    # torch's float32 kernels can move a number by about 1e-7 with the thread count: a call keeps its count.
+    exact_across_threads = False
+
     def __init__(
         self,
         path_or_id: str | Path,
@@ -386,7 +389,6 @@ class HFMember(PrefixCachedMember):
         self.shares_cores = n_threads is None and torch_device.type == "cpu"
         self.concurrent = bool(n_threads) and n_threads < cores
         self._threads = n_threads or cores
-        self.exact_across_threads = False
         vocab_meta: dict[str, Any] = {}
         try:
             if gguf is not None:

@@ -98,6 +98,8 @@ class LlamaCppMember(PrefixCachedMember):
     # Each scored token is one decode (``_score_one``), evaluated alone: scoring may stop on a candidate that
     # cannot win, and a token's numbers do not depend on where the cache walked (``prefix_cache``).
     scores_stepwise = True
+    # Each output is one thread's dot product (no CPU flash attention): cores may move in the middle of a call.
+    exact_across_threads = True
 
     def __init__(
         self,
@@ -127,7 +129,6 @@ class LlamaCppMember(PrefixCachedMember):
         # a member given fewer threads than there are cores keeps them and runs beside the others.
         self.shares_cores = n_threads is None
         self.concurrent = threads < cores
-        self.exact_across_threads = True
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_batch = n_batch
         # Prompts are decoded in CHUNK-token calls and everything else one token at a time, so llama.cpp's
