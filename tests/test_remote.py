@@ -149,7 +149,7 @@ def with_policy(ens: Ensemble, policy: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_bad_specs_are_config_errors():
-    from adafuse.backends.remote import RemoteMember
+    from adafuse.backends.remote.member import RemoteMember
 
     with pytest.raises(ConfigError, match="http://HOST:PORT"):
         RemoteMember("ftp://127.0.0.1:1/v1")
@@ -190,7 +190,7 @@ def test_a_server_that_never_answers_hits_the_timeout():
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        from adafuse.backends.remote import RemoteMember
+        from adafuse.backends.remote.member import RemoteMember
 
         start = time.monotonic()
         with pytest.raises(ModelLoadError) as info:
@@ -436,7 +436,7 @@ def _kill_after_first_round(server: LlamaServer, how: str) -> Callable[[object, 
 
 @pytest.mark.models
 def test_killing_the_server_mid_generation_fails_with_a_clear_error(spare_server, zoo_members, monkeypatch):
-    from adafuse.backends.remote import RemoteMember
+    from adafuse.backends.remote.member import RemoteMember
 
     server = spare_server()
     member = RemoteMember(server.url, n_ctx=2048, timeout=5, retries=1, backoff=0.1, self_test=False)
@@ -459,7 +459,7 @@ def test_killing_the_server_mid_generation_fails_with_a_clear_error(spare_server
 
 @pytest.mark.models
 def test_killing_the_server_mid_generation_drops_the_member(spare_server, zoo_members, monkeypatch):
-    from adafuse.backends.remote import RemoteMember
+    from adafuse.backends.remote.member import RemoteMember
 
     server = spare_server()
     member = RemoteMember(server.url, n_ctx=2048, timeout=5, retries=1, backoff=0.1, self_test=False)
@@ -479,7 +479,7 @@ def test_killing_the_server_mid_generation_drops_the_member(spare_server, zoo_me
 
 @pytest.mark.models
 def test_a_hanging_server_mid_generation_hits_the_timeout(spare_server, zoo_members, monkeypatch):
-    from adafuse.backends.remote import RemoteMember
+    from adafuse.backends.remote.member import RemoteMember
 
     server = spare_server()
     member = RemoteMember(server.url, n_ctx=2048, timeout=1, retries=1, backoff=0.1, self_test=False)
@@ -500,7 +500,7 @@ def test_a_hanging_server_mid_generation_hits_the_timeout(spare_server, zoo_memb
 
 @pytest.mark.models
 def test_engine_without_logprobs_is_refused_at_start_up(spare_server):
-    from adafuse.backends.remote import RemoteMember
+    from adafuse.backends.remote.member import RemoteMember
 
     server = spare_server("--logits_all", "false")
     with pytest.raises(ModelLoadError, match="logits_all"):

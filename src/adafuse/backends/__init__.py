@@ -29,7 +29,7 @@ def load_member(spec: str, n_ctx: int = 4096, n_threads: int | None = None) -> M
 
         return TextMember(spec)  # type: ignore[return-value]  # kept apart by Ensemble: it proposes, never scores
     if spec.startswith(("http://", "https://")):
-        from adafuse.backends.remote import RemoteMember
+        from adafuse.backends.remote.member import RemoteMember
 
         return RemoteMember(spec, n_ctx=n_ctx)
     from adafuse.backends.llamacpp import LlamaCppMember

@@ -1,12 +1,7 @@
 """Members served by OpenAI-compatible engines over HTTP.
 
 ``client``: one engine's HTTP calls (retries, typed errors), its tokenizer and capability probes. ``member``:
-``RemoteMember``, the member primitives (next tokens, scoring, greedy continuation) built on a client.
+``RemoteMember``, the member primitives (next tokens, scoring, greedy continuation) built on a client. ``text``:
+``TextMember``, a hosted model that only writes text. Nothing is imported here, so a process that never talks to
+an engine does not load httpx (10 MiB resident).
 """
-
-from __future__ import annotations
-
-from adafuse.backends.remote.client import EOG_TEXTS, EngineClient
-from adafuse.backends.remote.member import SELF_TEST_TEXT, RemoteMember
-
-__all__ = ["EOG_TEXTS", "SELF_TEST_TEXT", "EngineClient", "RemoteMember"]

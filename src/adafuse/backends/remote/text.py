@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from adafuse.backends.base import MemberStats
-from adafuse.backends.remote.client import EngineClient
 from adafuse.chat import Message
 from adafuse.errors import ConfigError, MemberError
 
@@ -116,6 +115,9 @@ class TextMember:
         self._api_root = path if path else "/v1"
         #: failures are counted by the client; tokens in its stats are not meaningful for a text-only member.
         self.stats = MemberStats()
+        # Imported here: httpx (10 MiB resident) is loaded only by a process that talks to an engine.
+        from adafuse.backends.remote.client import EngineClient
+
         self._client = EngineClient(
             self.base_url,
             self.model,
