@@ -91,7 +91,7 @@ class ScriptedMember:
         self.stats.tokens_evaluated += len(context)
         self._cache = list(context)
 
-    def evidence(self, context: Sequence[int]) -> list[float] | None:
+    def evidence(self, context: Sequence[int], wanted: Sequence[int] | None = None) -> list[float] | None:
         if self.prompt_logprob is None:
             return None
         # Spread evenly over the prompt's tokens after the first, so they sum to ``prompt_logprob``.

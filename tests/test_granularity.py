@@ -276,7 +276,7 @@ def test_auto_weights_judge_members_on_the_worked_answers_only():
     def member(name: str, question_lp: float, answer_lp: float) -> ScriptedMember:
         m = ScriptedMember(name, QA, table({"": {" Rome": 0.6, " Paris": 0.3}}), prompt=prompt)
         rome = set(range(len(m.tokenize("Q: x?\nA:")), len(m.tokenize("Q: x?\nA: Rome"))))
-        m.evidence = lambda ctx: [answer_lp if t in rome else question_lp for t in range(1, len(ctx))]  # type: ignore
+        m.evidence = lambda ctx, wanted=None: [answer_lp if t in rome else question_lp for t in range(1, len(ctx))]  # type: ignore
         return m
 
     ens = Ensemble([member("a", -0.1, -5.0), member("b", -2.0, -0.5)])
@@ -372,7 +372,7 @@ def test_instructions_are_the_text_before_the_last_paragraph_when_long_enough():
 def test_instructions_are_the_evidence_of_a_zero_shot_prompt_by_default():
     def member(name: str, lp: float, prompt: str = INSTRUCTED) -> ScriptedMember:
         m = ScriptedMember(name, QA, table({"": {" Rome": 0.6, " Paris": 0.3}}), prompt=prompt)
-        m.evidence = lambda ctx: [lp] * (len(ctx) - 1)  # type: ignore[method-assign]
+        m.evidence = lambda ctx, wanted=None: [lp] * (len(ctx) - 1)  # type: ignore[method-assign]
         return m
 
     ens = Ensemble([member("a", -0.5), member("b", -0.1)])

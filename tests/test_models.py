@@ -3,6 +3,8 @@ determinism and the prefix cache."""
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -372,3 +374,30 @@ def test_the_kv_cache_grows_on_demand_without_changing_a_number(name, monkeypatc
     finally:
         grown.close()
         full.close()
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"])
+def test_an_evidence_read_of_some_rows_gives_the_bits_of_a_read_of_every_row(name, fixture_data):
+    """A read asks llama.cpp only for the rows its positions need (its output buffer holds every row asked for);
+    those rows are bit for bit the ones a read of every row gives, part chunks of every length included, and a
+    later read that needs rows the cache skipped reads them again."""
+    from adafuse.backends import llamacpp
+    from adafuse.backends.zoo import resolve_model_path
+
+    path = resolve_model_path(name)
+    every = llamacpp.LlamaCppMember(path, n_ctx=2048, n_threads=2)
+    some = llamacpp.LlamaCppMember(path, n_ctx=2048, n_threads=1)
+    rng = random.Random(0)
+    try:
+        ids = every.tokenize((fixture_data / "triviaqa" / "prompt.txt").read_text())
+        assert len(ids) > 2 * 64
+        for n in range(len(ids) - 3, len(ids) + 1):  # the part chunk ends 0-3 rows past a multiple of 4
+            full = every.evidence(ids[:n])
+            wanted = sorted(rng.sample(range(1, n), 12))
+            part = some.evidence(ids[:n], wanted)
+            assert part is not None and full is not None
+            assert [part[t - 1] for t in wanted] == [full[t - 1] for t in wanted]
+            assert sum(math.isnan(x) for x in part) > n // 2
+    finally:
+        every.close()
+        some.close()

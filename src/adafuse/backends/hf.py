@@ -674,10 +674,11 @@ class HFMember(PrefixCachedMember):
             self._batches = []
             super().prefill(context)
 
-    def _compute_evidence(self, context: Sequence[int]) -> list[float]:
+    def _compute_evidence(self, context: Sequence[int], wanted: Sequence[int] | None) -> list[float]:
         """Chunk j's rows predict tokens 64j+1 .. 64j+64. A whole chunk's are remembered by the prefix they cover
         (the same whatever ran before), so a later read that shares them skips them; a trailing part chunk is
-        encoded afresh on the canonical chunks before it.
+        encoded afresh on the canonical chunks before it. Every row is computed whatever is ``wanted``: a forward
+        gives them all, and they are freed with it.
         """
         n = len(context)
         self._batches = []

@@ -14,7 +14,7 @@ import ctypes
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +117,11 @@ class LlamaCppMember(PrefixCachedMember):
         _check_gguf(self.path)
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = int(os.environ.get("ADAFUSE_N_GPU_LAYERS", "0"))
-        # Repacking K-quant weights for faster prompt kernels keeps a second copy of them (~40 MB for the built-in
-        # three); on by default because it changes the numbers, and results recorded with it should reproduce.
-        mparams.use_extra_bufts = not os.environ.get("ADAFUSE_LLAMA_NO_REPACK")
+        # K-quant weights repacked for faster prompt kernels: their numbers are the ones results were recorded with.
+        mparams.use_extra_bufts = True
+        # Read into the process's memory, not mapped: with a mapping, the file pages llama.cpp repacks from stay
+        # resident beside their repacked copy (40 MiB for the built-in three: benchmarks/memory.py). Same numbers.
+        mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.path} (corrupt or unsupported GGUF file)")
@@ -169,8 +171,9 @@ class LlamaCppMember(PrefixCachedMember):
         self.chat_template: str | None = tmpl.decode("utf-8") if tmpl else None
         self._eos = llama_cpp.llama_vocab_eos(self._vocab)
         self._bos = llama_cpp.llama_vocab_bos(self._vocab)
-        self._piece_cache: dict[int, bytes] = {}
-        # log P(cache[i] | cache[:i]) where a prompt was decoded with every row kept (``evidence``), else NaN.
+        # By id, not a dict: token healing reads every piece once, and a dict of Gemma's 262k takes 17 MiB, this 2.
+        self._piece_cache: list[bytes | None] = [None] * self.n_vocab
+        # log P(cache[i] | cache[:i]) where an evidence read asked for its row (``evidence``), else NaN.
         self._lp: list[float] = []
         self._closed = False
 
@@ -187,7 +190,7 @@ class LlamaCppMember(PrefixCachedMember):
             cap = -n
 
     def token_bytes(self, token_id: int) -> bytes:
-        piece = self._piece_cache.get(token_id)
+        piece = self._piece_cache[token_id] if 0 <= token_id < self.n_vocab else None
         if piece is None:
             buf = ctypes.create_string_buffer(64)
             n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, 64, 0, False)
@@ -195,7 +198,8 @@ class LlamaCppMember(PrefixCachedMember):
                 buf = ctypes.create_string_buffer(-n)
                 n = llama_cpp.llama_token_to_piece(self._vocab, token_id, buf, -n, 0, False)
             piece = buf.raw[:n]
-            self._piece_cache[token_id] = piece
+            if 0 <= token_id < self.n_vocab:
+                self._piece_cache[token_id] = piece
         return piece
 
     def is_eog(self, token_id: int) -> bool:
@@ -214,7 +218,7 @@ class LlamaCppMember(PrefixCachedMember):
     # -- cache hooks -------------------------------------------------------------------------------------------
 
     def _forward_chunk(self, chunk: list[int], pos: int, last_row: bool) -> Row | None:
-        self._decode_chunk(chunk, pos, every_row=False, last_row=last_row)
+        self._decode_chunk(chunk, pos, (len(chunk) - 1,) if last_row else ())
         self._lp.extend([math.nan] * len(chunk))
         if not last_row:
             return None
@@ -260,7 +264,10 @@ class LlamaCppMember(PrefixCachedMember):
         size = self._ctx_size
         while size < needed:
             size *= 2
-        size = min(size, self.n_ctx)
+        self._move(min(size, self.n_ctx))
+
+    def _move(self, size: int) -> None:
+        """Move the cache into a fresh context of ``size`` cells (see ``_grow``)."""
         old = self._ctx
         state = None
         n = 0
@@ -283,8 +290,8 @@ class LlamaCppMember(PrefixCachedMember):
         self._ctx = new
         self._ctx_size = llama_cpp.llama_n_ctx(new)
 
-    def _decode_chunk(self, chunk: Sequence[int], pos: int, every_row: bool, last_row: bool) -> None:
-        """One ``llama_decode`` of ``chunk`` at positions ``pos...``, with logits for every token or the last."""
+    def _decode_chunk(self, chunk: Sequence[int], pos: int, rows: Container[int]) -> None:
+        """One ``llama_decode`` of ``chunk`` at positions ``pos...``, with logits for the tokens at ``rows``."""
         if pos + len(chunk) > self._ctx_size:
             self._grow(pos + len(chunk))
         self._apply_threads()
@@ -295,7 +302,7 @@ class LlamaCppMember(PrefixCachedMember):
             b.pos[i] = pos + i
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = 0
-            b.logits[i] = every_row or (last_row and i == len(chunk) - 1)
+            b.logits[i] = i in rows
         rc = llama_cpp.llama_decode(self._ctx, b)
         self.stats.forward_calls += 1
         self.stats.tokens_evaluated += len(chunk)
@@ -310,47 +317,69 @@ class LlamaCppMember(PrefixCachedMember):
 
     # -- primitives --------------------------------------------------------------------------------------------
 
-    def _compute_evidence(self, context: Sequence[int]) -> list[float]:
-        """The context is decoded in the chunks ``prefill`` uses, with every row kept. Rows of whole chunks are the
-        same whatever ran before, so they are remembered with the cache (``_lp``) and reused by a later read that
-        shares them; a trailing part chunk is decoded afresh each time (its numbers depend on where it ends).
+    def _compute_evidence(self, context: Sequence[int], wanted: Sequence[int] | None) -> list[float]:
+        """The context is decoded in the chunks ``prefill`` uses, with the rows ``wanted`` needs kept. Rows of whole
+        chunks are the same whatever ran before, so their log-probabilities are remembered with the cache (``_lp``)
+        and reused by a later read that shares them; a trailing part chunk is decoded afresh each time (its numbers
+        depend on where it ends).
         """
         n = len(context)
+        need = sorted({t for t in wanted if 0 < t < n}) if wanted is not None else list(range(1, n))
         held = common_prefix_len(self._cache, context)
         start = min(held, n, self._canonical)
         start -= start % CHUNK
-        start = next((i - i % CHUNK for i in range(1, min(start + 1, held)) if math.isnan(self._lp[i])), start)
+        start = next((t - t % CHUNK for t in need if t < min(start + 1, held) and math.isnan(self._lp[t])), start)
         if start < n:
             # The first re-read token's log-probability comes from the row before it: known, or read again.
-            while start > 0 and (start >= held or math.isnan(self._lp[start])):
+            needed = set(need)
+            while start in needed and (start >= held or math.isnan(self._lp[start])):
                 start -= CHUNK
-            first = self._lp[start] if start > 0 else 0.0
+            first = self._lp[start] if 0 < start < held else math.nan
             self._truncate(start)
             self._rows.clear()
-            self._decode_keeping_rows(list(context[start:]), start, first)
+            self._decode_keeping_rows(list(context[start:]), start, first, need)
+            # llama.cpp keeps the output buffer (every row asked for in one call) and the compute buffer's pages
+            # the rows touched for the context's life; a fresh context holds them for one row again, so the
+            # read's memory is not added to what decoding needs next. The cells are moved, not recomputed.
+            self._move(self._ctx_size)
         return [float(x) for x in self._lp[1:n]]
 
-    def _decode_keeping_rows(self, tokens: list[int], start: int, first: float) -> None:
-        """``_extend`` for a prompt, with the log-probability of every token it holds kept in ``_lp``.
+    def _decode_keeping_rows(self, tokens: list[int], start: int, first: float, need: Sequence[int]) -> None:
+        """``_extend`` for a prompt, with the log-probability of each position in ``need`` kept in ``_lp`` (NaN
+        where no row was asked for).
 
-        ``first`` is the log-probability of ``tokens[0]``, whose row comes before this walk.
+        ``first`` is the log-probability of ``tokens[0]``, whose row comes before this walk. Only the rows a
+        position needs are asked of llama.cpp: its output buffer holds every row asked for in a call (64 x 262k
+        floats for Gemma: 64 MiB) for the context's life. llama.cpp's repacked kernels compute the rows of a call in
+        groups of 4 alike and the remainder past them otherwise, so the rows kept are a multiple of 4 plus that
+        remainder: every row is then bit for bit what a read of every row gives (tested).
         """
+        wanted = set(need)
         prev: tuple[np.ndarray, float] | None = None
         for pos, chunk in chunks(tokens, start):
-            self._decode_chunk(chunk, pos, every_row=True, last_row=True)
-            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(len(chunk), self.n_vocab))
+            last = len(chunk) - 1
+            # The rows past the last multiple of 4 are computed apart in a read of every row: keep them all.
+            head = len(chunk) - len(chunk) % 4
+            asked = {t - pos - 1 for t in wanted if pos < t <= pos + last} | {last}
+            spare = (i for i in range(head) if i not in asked)
+            kept = asked | set(range(head, len(chunk)))
+            kept = sorted(kept | {next(spare) for _ in range(-len(kept & set(range(head))) % 4)})
+            self._decode_chunk(chunk, pos, set(kept))
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(len(kept), self.n_vocab))
             lse = _row_logsumexp(rows)
+            at = {i: k for k, i in enumerate(kept)}
             for i, tok in enumerate(chunk):
                 # The row before a chunk's first token is the previous chunk's last.
                 if i > 0:
-                    self._lp.append(float(rows[i - 1, tok] - lse[i - 1]))
+                    k = at.get(i - 1)
+                    self._lp.append(math.nan if k is None else float(rows[k, tok] - lse[k]))
                 elif prev is not None:
                     self._lp.append(float(prev[0][tok] - prev[1]))
                 else:
                     self._lp.append(first)
             self._took(chunk, pos)
             prev = (rows[-1].copy(), float(lse[-1]))
-            self._remember(pos + len(chunk) - 1, _row(rows[-1]))
+            self._remember(pos + last, _row(rows[-1]))
 
     def score(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[float]]:
         with self._guard():

@@ -32,8 +32,10 @@ from adafuse.errors import PromptError
 
 #: Evaluations are cut at multiples of this many positions.
 CHUNK = 64
-#: Next-token rows remembered per member: branching returns to the same context B times.
-ROWS_KEPT = 16
+#: Next-token rows remembered per member: branching returns to the same context B times. Each is a vocabulary of
+#: floats (1 MiB for Gemma). Against 16: the same text, with 1.1% more tokens evaluated over the 70 golden cases,
+#: 9% fewer on 20 few-shot TriviaQA prompts and 0.3% more on 15 zero-shot ones.
+ROWS_KEPT = 8
 #: Finished evidence reads remembered per member: one per few-shot prompt in use is all a task needs.
 EVIDENCE_KEPT = 32
 
@@ -91,7 +93,7 @@ class PrefixCachedMember:
         # Where the current request's prompt ends (set by ``prefill``); None: everything is prompt.
         self._prompt_end: int | None = None
         # Finished evidence reads by their context.
-        self._evidence: OrderedDict[tuple[int, ...], list[float]] = OrderedDict()
+        self._evidence: OrderedDict[tuple[tuple[int, ...], tuple[int, ...] | None], list[float]] = OrderedDict()
         # Reentrant: an engine's override of a primitive holds it around the shared one.
         self._lock = threading.RLock()
 
@@ -107,7 +109,7 @@ class PrefixCachedMember:
         emptied itself instead (``_forget`` included)."""
         raise NotImplementedError
 
-    def _compute_evidence(self, context: Sequence[int]) -> list[float]:
+    def _compute_evidence(self, context: Sequence[int], wanted: Sequence[int] | None) -> list[float]:
         """``evidence`` of a context not read before, the lock held."""
         raise NotImplementedError
 
@@ -225,17 +227,17 @@ class PrefixCachedMember:
             assert row is not None
             self._remember(len(context) - 1, row)
 
-    def evidence(self, context: Sequence[int]) -> list[float] | None:
+    def evidence(self, context: Sequence[int], wanted: Sequence[int] | None = None) -> list[float] | None:
         """log P(context[t] | context[:t]) for every t >= 1; see ``Member.evidence``. Whole reads are remembered by
-        their context: a task's few-shot part is read once."""
+        their context and positions: a task's few-shot part is read once."""
         if not context:
             raise PromptError(f"member {self.name!r}: empty context")
-        key = tuple(context)
+        key = (tuple(context), None if wanted is None else tuple(wanted))
         with self._guard():
             if key in self._evidence:
                 self._evidence.move_to_end(key)
                 return list(self._evidence[key])
-            out = self._compute_evidence(context)
+            out = self._compute_evidence(context, wanted)
             self._evidence[key] = out
             while len(self._evidence) > EVIDENCE_KEPT:
                 self._evidence.popitem(last=False)

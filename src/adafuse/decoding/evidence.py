@@ -91,6 +91,14 @@ class _Tokens:
         end = self.spans[-1][1]
         return next(i + 1 for i, (_, hi) in enumerate(self.ranges) if hi >= end)
 
+    def scored(self) -> list[int]:
+        """The positions t >= 1 whose log-probabilities ``nll_per_byte`` sums: tokens that overlap the spans."""
+        return [
+            t
+            for t, (lo, hi) in enumerate(self.ranges)
+            if t > 0 and hi > lo and any(lo < e and hi > s for s, e in self.spans)
+        ]
+
     def nll_per_byte(self, logprobs: Sequence[float]) -> float:
         """NLL of the tokens after the first that overlap the evidence spans, per byte of those spans.
 
@@ -99,11 +107,10 @@ class _Tokens:
         byte than it is (on the TriviaQA prompt it ranked Qwen-Coder above Gemma, while Gemma gives the five
         answers 1.3 nats more probability each).
         """
-        total, scored = 0.0, 0
-        for lp, (lo, hi) in zip(logprobs, self.ranges[1:], strict=False):
-            if hi == lo or not any(lo < e and hi > s for s, e in self.spans):
-                continue
-            total -= lp
+        total = 0.0
+        for t in self.scored():
+            if t - 1 < len(logprobs):
+                total -= logprobs[t - 1]
         # The first token has no prediction: its bytes are not evidence (a member with a BOS token predicts
         # the prompt's first word, one without does not, and instructions start there).
         lo, hi = self.ranges[0] if self.ranges else (0, 0)
@@ -143,7 +150,8 @@ def prompt_nll_per_byte(state: DecodeState) -> tuple[dict[int, float], str] | No
     def read(i: int) -> list[float] | None:
         state.check()
         t = toks[i]
-        return state.views[i].member.evidence(t.ids[: t.answer_tokens()])
+        n = t.answer_tokens()
+        return state.views[i].member.evidence(t.ids[:n], [p for p in t.scored() if p < n])
 
     found = dict(zip(state.active, map_active(state, read), strict=True))
     if any(lp is None for lp in found.values()):

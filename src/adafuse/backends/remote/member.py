@@ -587,7 +587,7 @@ class RemoteMember:
         with contextlib.suppress(MemberError, PromptError):
             self._row(context, _MIN_K)
 
-    def evidence(self, context: Sequence[int]) -> list[float] | None:
+    def evidence(self, context: Sequence[int], wanted: Sequence[int] | None = None) -> list[float] | None:
         # Engines differ in whether (and how) they return prompt log-probabilities; auto weights fall back.
         return None
 
