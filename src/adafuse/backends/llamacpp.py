@@ -171,7 +171,7 @@ class LlamaCppMember(PrefixCachedMember):
         self.chat_template: str | None = tmpl.decode("utf-8") if tmpl else None
         self._eos = llama_cpp.llama_vocab_eos(self._vocab)
         self._bos = llama_cpp.llama_vocab_bos(self._vocab)
-        # By id, not a dict: token healing reads every piece once, and a dict of Gemma's 262k takes 17 MiB, this 2.
+        # By id, not a dict: token healing reads every piece once, and a list of 262k is the smaller of the two.
         self._piece_cache: list[bytes | None] = [None] * self.n_vocab
         # log P(cache[i] | cache[:i]) where an evidence read asked for its row (``evidence``), else NaN.
         self._lp: list[float] = []
@@ -324,15 +324,15 @@ class LlamaCppMember(PrefixCachedMember):
         depend on where it ends).
         """
         n = len(context)
-        need = sorted({t for t in wanted if 0 < t < n}) if wanted is not None else list(range(1, n))
+        need = {t for t in wanted if 0 < t < n} if wanted is not None else set(range(1, n))
         held = common_prefix_len(self._cache, context)
         start = min(held, n, self._canonical)
         start -= start % CHUNK
-        start = next((t - t % CHUNK for t in need if t < min(start + 1, held) and math.isnan(self._lp[t])), start)
+        unknown = (t for t in need if t < min(start + 1, held) and math.isnan(self._lp[t]))
+        start = min((t - t % CHUNK for t in unknown), default=start)
         if start < n:
             # The first re-read token's log-probability comes from the row before it: known, or read again.
-            needed = set(need)
-            while start in needed and (start >= held or math.isnan(self._lp[start])):
+            while start in need and (start >= held or math.isnan(self._lp[start])):
                 start -= CHUNK
             first = self._lp[start] if 0 < start < held else math.nan
             self._truncate(start)
@@ -344,7 +344,7 @@ class LlamaCppMember(PrefixCachedMember):
             self._move(self._ctx_size)
         return [float(x) for x in self._lp[1:n]]
 
-    def _decode_keeping_rows(self, tokens: list[int], start: int, first: float, need: Sequence[int]) -> None:
+    def _decode_keeping_rows(self, tokens: list[int], start: int, first: float, need: set[int]) -> None:
         """``_extend`` for a prompt, with the log-probability of each position in ``need`` kept in ``_lp`` (NaN
         where no row was asked for).
 
@@ -354,20 +354,20 @@ class LlamaCppMember(PrefixCachedMember):
         groups of 4 alike and the remainder past them otherwise, so the rows kept are a multiple of 4 plus that
         remainder: every row is then bit for bit what a read of every row gives (tested).
         """
-        wanted = set(need)
         prev: tuple[np.ndarray, float] | None = None
         for pos, chunk in chunks(tokens, start):
             last = len(chunk) - 1
-            # The rows past the last multiple of 4 are computed apart in a read of every row: keep them all.
+            # Rows before ``head`` are computed in groups of 4: pad the ones asked for to a multiple of 4. The rows
+            # past it are computed apart in a read of every row: keep them all.
             head = len(chunk) - len(chunk) % 4
-            asked = {t - pos - 1 for t in wanted if pos < t <= pos + last} | {last}
-            spare = (i for i in range(head) if i not in asked)
-            kept = asked | set(range(head, len(chunk)))
-            kept = sorted(kept | {next(spare) for _ in range(-len(kept & set(range(head))) % 4)})
-            self._decode_chunk(chunk, pos, set(kept))
-            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(len(kept), self.n_vocab))
+            grouped = {t - pos - 1 for t in need if pos < t <= pos + head} | ({last} if last < head else set())
+            spare = (i for i in range(head) if i not in grouped)
+            grouped |= {next(spare) for _ in range(-len(grouped) % 4)}
+            # Row index in the chunk -> row in llama.cpp's output, which keeps the chunk's order.
+            at = {i: k for k, i in enumerate(sorted(grouped | set(range(head, len(chunk)))))}
+            self._decode_chunk(chunk, pos, at)
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(len(at), self.n_vocab))
             lse = _row_logsumexp(rows)
-            at = {i: k for k, i in enumerate(kept)}
             for i, tok in enumerate(chunk):
                 # The row before a chunk's first token is the previous chunk's last.
                 if i > 0:
