@@ -277,8 +277,8 @@ class _VocabularyIndex:
 
     def __init__(self, member: Member, n_vocab: int) -> None:
         texts = [b"" if member.is_eog(t) else member.token_bytes(t) for t in range(n_vocab)]
-        # Sorted as numpy arrays, not as (text, id) pairs: for Gemma's 262k, Python tuples and ints hold 12 MiB
-        # (28 while sorting), these 3 (7). Stable, so equal texts keep id order.
+        # Sorted as numpy arrays, not as (text, id) pairs: a vocabulary of 262k Python tuples and ints is tens of
+        # MiB while sorting. Stable, so equal texts keep id order.
         order = np.argsort(np.array(texts, dtype=object), kind="stable")
         order = order[np.fromiter((bool(texts[i]) for i in order), dtype=bool, count=len(order))]
         self.texts = [texts[i] for i in order]
