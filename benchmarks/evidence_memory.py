@@ -13,13 +13,7 @@ import resource
 import subprocess
 import sys
 
-
-def rss_mib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    return 0
+from memory import rss_mib  # benchmarks/memory.py: run as python benchmarks/NAME.py
 
 
 def one(name: str, task_name: str, every_row: bool) -> None:
